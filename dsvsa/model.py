@@ -859,14 +859,24 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Non
         ) from None
 
     expected = model.state_dict()
-    for name, tensor in state.items():
-        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+    mismatched = [
+        name
+        for name, tensor in state.items()
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape)
+    ]
+    if mismatched:
+        lines = []
+        for name in mismatched[:4]:
             prefix = next((p for p in _SHAPE_FIELDS if name.startswith(p)), None)
             hint = f" (config fields: {_SHAPE_FIELDS[prefix]})" if prefix else ""
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but the config needs "
-                f"{tuple(expected[name].shape)}{hint}; the weights do not match config.json"
+            lines.append(
+                f"tensor {name!r} has shape {tuple(state[name].shape)} but the config needs "
+                f"{tuple(expected[name].shape)}{hint}"
             )
+        more = f"; and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
+        raise CheckpointError(
+            f"{path}: the weights do not match config.json: {'; '.join(lines)}{more}"
+        )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if strict and (missing or unexpected):

@@ -122,12 +122,15 @@ def cleanup(x: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torc
 def random_hypervectors(
     num: int, dim: int, generator: torch.Generator, kind: str = "bipolar"
 ) -> torch.Tensor:
-    """(num, dim) float32 random vectors: bipolar +-1 entries or standard Gaussian entries."""
+    """(num, dim) float32 random vectors on the CPU: bipolar +-1 or standard Gaussian entries.
+
+    Always drawn on the CPU so a seed gives the same vectors whatever the default device.
+    """
     if kind == "bipolar":
-        bits = torch.randint(0, 2, (num, dim), generator=generator)
+        bits = torch.randint(0, 2, (num, dim), generator=generator, device="cpu")
         return bits.to(torch.float32) * 2.0 - 1.0
     if kind == "gaussian":
-        return torch.randn(num, dim, generator=generator, dtype=torch.float32)
+        return torch.randn(num, dim, generator=generator, dtype=torch.float32, device="cpu")
     raise ValueError(f"item memory kind must be one of {ITEM_MEMORY_KINDS}, got {kind!r}")
 
 
