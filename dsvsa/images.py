@@ -223,7 +223,7 @@ def from_pil(img: Image.Image) -> np.ndarray:
     """A PIL image as uint8 {0, 1} (H, W): alpha composited on black, greyscale >= 128 -> 1.
 
     Example:
-        >>> from_pil(to_pil(np.eye(64, dtype=np.uint8))).sum()
+        >>> int(from_pil(to_pil(np.eye(64, dtype=np.uint8))).sum())
         64
     """
     if not isinstance(img, Image.Image):

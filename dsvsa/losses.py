@@ -97,7 +97,7 @@ def cosine_embedding(
 
     Example:
         >>> z = torch.randn(4, 5, 16)
-        >>> float(cosine_embedding(z, z, torch.full((4,), -1)))
+        >>> round(float(cosine_embedding(z, z, torch.full((4,), -1))), 6)
         0.0
     """
     if z_a.shape != z_b.shape or z_a.ndim != 3:

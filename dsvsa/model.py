@@ -495,7 +495,7 @@ class DSpritesVSA(
             self.train(was_training)
 
     def _batch(self, images: Any) -> torch.Tensor:
-        ref = self.item_memory.vectors
+        ref = self.encoder.fc1.weight
         return to_batch(images).to(device=ref.device, dtype=ref.dtype)
 
     def _slots(self, feature: Feature | Sequence[Feature]) -> list[int]:
@@ -687,6 +687,11 @@ class DSpritesVSA(
         index, _ = cleanup(v, prototypes.to(v.device, v.dtype))
         return index
 
+    @property
+    def device(self) -> torch.device:
+        """The device the model's tensors are on."""
+        return self.item_memory.vectors.device
+
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of parameters (the item memory is a buffer and never counts)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -735,7 +740,7 @@ class DSpritesVSA(
                 match (names the file and the field or tensor).
 
         Example:
-            >>> model = DSpritesVSA.from_pretrained("path/to/model")
+            >>> model = DSpritesVSA.from_pretrained("org/dsprites-vsa")  # doctest: +SKIP
         """
         return cls._from_pretrained(
             model_id=str(pretrained_model_name_or_path),
@@ -801,10 +806,16 @@ def _resolve_file(model_id: str, filename: str, hub_kwargs: dict[str, Any]) -> s
                 hint = " (only safetensors weights are loaded, never pickled ones)"
             raise CheckpointError(f"{filename} not found in model folder {model_id}{hint}")
         return path
-    from huggingface_hub.errors import EntryNotFoundError
+    if os.path.exists(model_id):
+        raise CheckpointError(f"{model_id} is a file; expected a model folder or a Hub repo id")
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 
     try:
         return hf_hub_download(repo_id=model_id, filename=filename, **hub_kwargs)
+    except HFValidationError as e:
+        raise CheckpointError(
+            f"{model_id!r} is neither an existing model folder nor a valid Hub repo id ({e})"
+        ) from None
     except EntryNotFoundError as e:
         raise CheckpointError(f"{filename} not found in model repository {model_id}") from e
 

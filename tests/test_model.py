@@ -310,6 +310,8 @@ def test_bad_config_json_gives_clear_errors(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json not found"):
         DSpritesVSA.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="neither an existing model folder"):
+        DSpritesVSA.from_pretrained(tmp_path / "no" / "such" / "folder")
 
 
 def test_push_to_hub_and_load_from_repo(hub, hub_repo, images):
