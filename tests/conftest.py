@@ -11,15 +11,18 @@ on a free port of 127.0.0.1 and sets, in `os.environ`:
     HF_UPDATE_DOWNLOAD_COUNTS=False          else every load_dataset pings s3.amazonaws.com
     HF_HOME, HF_DATASETS_CACHE               a fresh temporary folder for this session
     HTTP_PROXY / HTTPS_PROXY / ALL_PROXY     the loopback Hub, which refuses to reach other hosts
-    NO_PROXY=127.0.0.1,localhost,::1         so local servers (the Hub, Gradio) are reached directly
+    NO_PROXY=127.0.0.1,localhost,::1,0.0.0.0 so local servers (the Hub, Gradio) are reached directly
 and removes HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE.
 
 The proxy variables catch what clients aim at other hosts: `datasets` asks a dataset viewer at
 `http://datasets-server.<endpoint host>/info` (a DNS lookup otherwise), which gets a 404 here;
-anything else gets a 502 and is listed in `hub.foreign_requests`.
+anything else gets a 502 and is listed in `hub.foreign_requests`. At the end of the run the
+terminal summary lists such refused requests, routes the loopback Hub does not serve, and its
+own crashes, if there were any.
 
-Subprocesses (an `accelerate launch`, the app) inherit `os.environ`; pass `env={**os.environ,
-**hub_env}` or just `env=hub_env` merged into a copy if you build an environment yourself.
+Subprocesses (an `accelerate launch`, the app) inherit `os.environ`, so they talk to the same
+server while this pytest process runs; when building an environment yourself, start from
+`{**os.environ, **hub_env}`.
 
 Fixtures
 --------
@@ -37,7 +40,8 @@ hub (function)
       .fail_next(n=1, status=500, match=None) the next n requests matching the regex `match`
           (on "METHOD /path?query") fail, e.g. match=r"POST /api/datasets/.*/commit/"
       .require_token = False to accept anonymous writes; .tree_page_size = 2 forces pagination
-      .requests [(method, path, status)], .unknown_requests, .foreign_requests; .reset() wipes all
+      .requests [(method, path, status)], .unknown_requests, .foreign_requests, .server_errors
+      .reset() wipes every repository (other tests' too): prefer `hub_repo` names
 hub_repo (function)
     Factory: `hub_repo("mnist")` -> "dsvsa-tester/mnist-1a2b3c4d", unique per call (the repo is
     not created; `push_to_hub` / `create_repo` do that).
@@ -91,7 +95,7 @@ HUB_ENV: dict[str, str] = {
     "HTTP_PROXY": _HUB.endpoint,
     "HTTPS_PROXY": _HUB.endpoint,
     "ALL_PROXY": _HUB.endpoint,
-    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "NO_PROXY": "127.0.0.1,localhost,::1,0.0.0.0",
 }
 for _name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
     HUB_ENV[_name] = HUB_ENV[_name.upper()]
@@ -149,3 +153,13 @@ def unreachable_hub():
     endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
     yield SimpleNamespace(endpoint=endpoint, env={**HUB_ENV, "HF_ENDPOINT": endpoint})
     sock.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [f"unknown route (404): {m} {p}" for m, p in _HUB.unknown_requests]
+    lines += [f"refused, other host: {m} {p}" for m, p in _HUB.foreign_requests]
+    lines += [f"crash: {text}" for text in _HUB.server_errors]
+    if lines:
+        terminalreporter.write_sep("-", "loopback Hub")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -30,7 +30,7 @@ in `foreign_requests`.
 
 Test hooks: `fail_next(n, status, match)` makes the next matching requests fail,
 `unknown_requests` lists routes the server does not know (a client feature it should learn),
-`requests` logs everything, `reset()` drops all repositories, `tree_page_size` forces
+`server_errors` its own crashes, `requests` logs everything, `reset()` drops all repositories, `tree_page_size` forces
 pagination, `require_token` toggles authentication of writes.
 """
 
@@ -184,6 +184,7 @@ class LoopbackHub:
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.unknown_requests: list[tuple[str, str]] = []
         self.foreign_requests: list[tuple[str, str]] = []
+        self.server_errors: list[str] = []  # tracebacks of crashes inside the loopback Hub
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lfs: dict[str, bytes] = {}  # sha256 -> content uploaded through LFS
         self._failures: list[_Failure] = []
@@ -236,6 +237,7 @@ class LoopbackHub:
             self.requests.clear()
             self.unknown_requests.clear()
             self.foreign_requests.clear()
+            self.server_errors.clear()
             self.require_token = True
             self.tree_page_size = None
 
@@ -474,7 +476,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers, method)
 
     def _error(self, status: int, message: str, code: str | None = None, method="GET", extra=None):
-        headers = {"X-Error-Message": message, **(extra or {})}
+        header_text = (
+            re.sub(r"[\r\n]+", " ", message).encode("latin-1", "replace").decode("latin-1")
+        )
+        headers = {"X-Error-Message": header_text, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
         self._json(status, {"error": message}, headers, method)
@@ -497,7 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
             if raw.startswith(("http://", "https://")):
                 parts = urlsplit(raw)
                 local = {f"127.0.0.1:{hub.port}", f"localhost:{hub.port}"}
-                if parts.netloc == f"datasets-server.127.0.0.1:{hub.port}":
+                if parts.hostname in ("datasets-server.127.0.0.1", "datasets-server.localhost"):
                     self._error(404, "The dataset viewer is not served by the loopback Hub",
                                 method=method)  # fmt: skip
                     return
@@ -525,7 +530,10 @@ class _Handler(BaseHTTPRequestHandler):
         except HubError as e:
             self._error(e.status, e.message, e.code, method=method)
         except Exception:  # a bug here must show up in the test output
-            logger.error("loopback Hub crashed on %s %s\n%s", method, raw, traceback.format_exc())
+            text = f"{method} {raw}\n{traceback.format_exc()}"
+            with hub._lock:
+                hub.server_errors.append(text)
+            logger.error("loopback Hub crashed on %s", text)
             self._error(500, "Internal error in the loopback Hub", method=method)
         finally:
             with hub._lock:

@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import subprocess
+import sys
 import urllib.request
 
 import datasets
@@ -105,24 +107,25 @@ def test_upload_then_download_exact_bytes(hub, hub_repo, tmp_path):
 def test_tree_pagination_and_paths_info(hub, hub_repo):
     api = HfApi()
     repo = hub_repo("tree")
-    hub.create_repo(
-        repo, files={f"data/part-{i}.txt": b"%d" % i for i in range(5)} | {"a.md": b"#"}
-    )
+    parts = {f"data/sub/part-{i}.txt": b"%d" % i for i in range(5)}
+    hub.create_repo(repo, files={**parts, "data/top.txt": b"t", "a.md": b"#"})
     hub.tree_page_size = 2
 
     everything = {e.path for e in api.list_repo_tree(repo, recursive=True)}
-    assert everything == {".gitattributes", "a.md", "data"} | {
-        f"data/part-{i}.txt" for i in range(5)
-    }
-    inside = [e.path for e in api.list_repo_tree(repo, path_in_repo="data")]
-    assert inside == [f"data/part-{i}.txt" for i in range(5)]
-    assert any("cursor=" in path for _, path, _ in hub.requests)
+    assert everything == {".gitattributes", "a.md", "data", "data/sub", "data/top.txt", *parts}
+    top = [(type(e).__name__, e.path) for e in api.list_repo_tree(repo, path_in_repo="data")]
+    assert top == [("RepoFolder", "data/sub"), ("RepoFile", "data/top.txt")]
+    # A nested path travels %2F-encoded.
+    inside = [e.path for e in api.list_repo_tree(repo, path_in_repo="data/sub")]
+    assert inside == sorted(parts)
+    assert any("data%2Fsub" in path and "cursor=" in path for _, path, _ in hub.requests)
 
-    infos = api.get_paths_info(repo, ["a.md", "data", "nope"])
+    infos = api.get_paths_info(repo, ["a.md", "data/sub", "nope"], expand=True)
     assert [(type(i).__name__, i.path) for i in infos] == [
         ("RepoFile", "a.md"),
-        ("RepoFolder", "data"),
+        ("RepoFolder", "data/sub"),
     ]
+    assert infos[0].last_commit.oid == hub.head(repo)
     with pytest.raises(EntryNotFoundError):
         list(api.list_repo_tree(repo, path_in_repo="nowhere"))
 
@@ -233,3 +236,20 @@ def test_other_hosts_are_refused_not_reached(hub):
         response = client.get("http://example.invalid/some/file")
     assert response.status_code == 502
     assert hub.foreign_requests[before:] == [("GET", "http://example.invalid/some/file")]
+    del hub.foreign_requests[before:]  # expected here: keep it out of the run's summary
+
+
+def test_subprocess_reaches_the_hub_through_hub_env(hub, hub_env, hub_repo):
+    repo = hub_repo("from-subprocess")
+    hub.create_repo(repo, files={"in.txt": b"from the parent"})
+    script = (
+        "import sys\n"
+        "from huggingface_hub import HfApi, hf_hub_download\n"
+        "repo = sys.argv[1]\n"
+        "text = open(hf_hub_download(repo, 'in.txt'), 'rb').read()\n"
+        "HfApi().upload_file(path_or_fileobj=text + b' and back', path_in_repo='out.txt',"
+        " repo_id=repo)\n"
+    )
+    env = {**os.environ, **hub_env}
+    subprocess.run([sys.executable, "-c", script, repo], env=env, check=True, timeout=120)
+    assert hub.files(repo)["out.txt"] == b"from the parent and back"
