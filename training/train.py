@@ -1,0 +1,780 @@
+"""Train a DSpritesVSA model with accelerate.
+
+    accelerate launch --cpu training/train.py --config training/configs/paired.yaml --max-steps 200
+    accelerate launch --config_file training/accelerate_cpu2.yaml training/train.py \\
+        --config training/configs/default.yaml            # two CPU processes (gloo)
+
+Options: --output-dir DIR, --resume (continue from the last checkpoint in DIR), --overwrite
+(start over in a DIR that holds an earlier run), --push-to-hub ORG/NAME (model folder),
+--push-dataset-to-hub ORG/NAME (the data the run trained on, as its dataset config), and
+overrides of any config key: --set kl_coef=0.1 --set model.latent_dim=512, or --kl-coef 0.1.
+
+A run writes into its output dir: config.json and model.safetensors (save_pretrained),
+training_config.json (the resolved config; a run repeats from it with --config), README.md (the
+model card rendered from model_card.md), losses.jsonl and eval.jsonl (one line per step / eval),
+tensorboard/ (event files) and checkpoints/step_N (the last keep_checkpoints of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dsvsa.training import (
+    STAGES,
+    ConfigError,
+    Objective,
+    TrainConfig,
+    eval_rng,
+    lr_at,
+    make_source,
+    parse_override,
+    quick_metrics,
+    step_rng,
+    step_torch_seed,
+    to_tensors,
+)
+
+logger = logging.getLogger("dsvsa.train")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CARD_TEMPLATE = REPO_ROOT / "model_card.md"
+CHECKPOINT_FORMAT = 1
+# files of a finished run that --push-to-hub uploads
+PUSH_PATTERNS = [
+    "config.json",
+    "model.safetensors",
+    "README.md",
+    "training_config.json",
+    "metrics.json",
+    "losses.jsonl",
+    "eval.jsonl",
+    "figures/*",
+    "tensorboard/**",
+]
+# keys a resumed run may change without breaking the replay of the run so far
+RESUME_MUTABLE = {
+    "max_steps",
+    "output_dir",
+    "log_interval",
+    "eval_interval",
+    "eval_batches",
+    "checkpoint_interval",
+    "keep_checkpoints",
+    "eval_at_end",
+    "eval_num",
+    "log_with",
+    "dataset_train_size",
+    "dataset_test_size",
+}
+
+
+class RunError(RuntimeError):
+    """A problem with the output dir, a checkpoint or the launch; the message says which."""
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
+    """Arguments plus the config overrides given as --set key=value or --some-key value."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML or JSON training config")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="start over in a used output dir")
+    parser.add_argument("--push-to-hub", default=None, metavar="ORG/NAME")
+    parser.add_argument("--push-dataset-to-hub", default=None, metavar="ORG/NAME")
+    parser.add_argument("--private", action="store_true", help="create Hub repos as private")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="checkpoint and stop after this step (continue later with --resume)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="checkpoint and stop once this much training time has passed in this session",
+    )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args, rest = parser.parse_known_args(argv)
+
+    overrides: dict = {}
+    for text in args.set:
+        key, value = parse_override(text)
+        overrides[key] = value
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(
+                f"unexpected argument {token!r} (config overrides look like --key value)"
+            )
+        if "=" in token:
+            key, value = parse_override(token[2:])
+            i += 1
+        else:
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                raise ConfigError(f"option {token} needs a value")
+            key, value = parse_override(f"{token[2:]}={rest[i + 1]}")
+            i += 2
+        overrides[key] = value
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.output_dir is not None:
+        overrides["output_dir"] = args.output_dir
+    return args, overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: safetensors for tensors and JSON for the rest (no pickle)
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """Complete checkpoints under output_dir/checkpoints, oldest first."""
+    root = output_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith("step_") and name[5:].isdigit():
+            found.append((int(name[5:]), path))
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, step: int, extra: dict) -> None:
+    """Write a checkpoint atomically: into step_N.tmp, then renamed to step_N."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    # model weights
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+
+    # optimizer: tensors to safetensors, everything else to JSON
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            name = f"{pid}.{key}"
+            if torch.is_tensor(value):
+                tensors[name] = value.detach().cpu().contiguous()
+            else:
+                scalars[name] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in opt["param_groups"]
+    ]
+    (tmp / "optimizer.json").write_text(json.dumps({"param_groups": groups, "scalars": scalars}))
+
+    # trainer state last: its presence marks a complete checkpoint
+    trainer = {"format": CHECKPOINT_FORMAT, "step": step, "config": cfg.to_dict(), **extra}
+    (tmp / "trainer_state.json").write_text(json.dumps(trainer, indent=2))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file, naming it in the error."""
+    if not path.is_file():
+        raise RunError(f"checkpoint file {path} is missing (incomplete checkpoint?)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"checkpoint file {path} is corrupt or truncated: {err}") from None
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, naming it in the error."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise RunError(f"checkpoint file {path} is missing (incomplete checkpoint?)")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # SafetensorError and friends
+        raise RunError(f"checkpoint file {path} is corrupt or truncated: {err}") from None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer from a checkpoint dir; returns its trainer state."""
+    from dsvsa.model import CheckpointError, load_weights
+
+    trainer = read_json(path / "trainer_state.json")
+    if trainer.get("format") != CHECKPOINT_FORMAT or not isinstance(trainer.get("step"), int):
+        raise RunError(f"checkpoint file {path / 'trainer_state.json'} is not a dsvsa checkpoint")
+    try:
+        load_weights(model, path / "model.safetensors", strict=True)
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+
+    meta = read_json(path / "optimizer.json")
+    tensors = read_tensors(path / "optimizer.safetensors")
+    state: dict = {}
+    for name, value in {**meta.get("scalars", {}), **tensors}.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise RunError(
+            f"checkpoint file {path / 'optimizer.safetensors'} does not match the model: {err}"
+        ) from None
+    return trainer
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict, path: Path) -> None:
+    """A resumed run must use the config the checkpoint was trained with (except bookkeeping)."""
+    current = cfg.to_dict()
+    for key, value in saved.items():
+        if key in RESUME_MUTABLE or key not in current:
+            continue
+        if current[key] != value:
+            raise ConfigError(
+                f"training config key {key!r} is {current[key]!r} but the checkpoint "
+                f"{path} was trained with {value!r}; resume with the same config "
+                f"(its copy: {path / 'trainer_state.json'})"
+            )
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    for old in checkpoint_dirs(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# output dir
+
+
+def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output dir before anything is written; return the checkpoint to resume from."""
+    if resume:
+        ckpts = checkpoint_dirs(output_dir)
+        if not ckpts:
+            raise RunError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
+        return ckpts[-1]
+    used = [
+        name
+        for name in ("checkpoints", "model.safetensors", "losses.jsonl", "training_config.json")
+        if (output_dir / name).exists()
+    ]
+    if used and not overwrite:
+        raise RunError(
+            f"output dir {output_dir} already holds a run ({', '.join(used)}); pass --resume to "
+            "continue it, --overwrite to start over, or choose another --output-dir"
+        )
+    return None
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove an earlier run's files (after --overwrite, once the new run is validated)."""
+    for name in ("checkpoints", "tensorboard", "figures"):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+    for name in ("losses.jsonl", "eval.jsonl", "metrics.json", "model.safetensors"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of a .jsonl log whose step is at most ``last_step`` (used on resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------------------------
+# model card
+
+
+def hardware_summary(num_processes: int) -> str:
+    threads = torch.get_num_threads()
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"{device}; {num_processes} process(es) x {threads} torch thread(s)"
+
+
+def metrics_table(metrics: dict) -> str:
+    """Markdown table of a (possibly nested) metrics dict; EVAL's formatter when it has one."""
+    try:
+        from dsvsa.evaluation import metrics_table as eval_table
+
+        return eval_table(metrics)
+    except (ImportError, AttributeError):
+        pass
+    rows = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(f"| {prefix} | {value:.4g} |")
+
+    walk("", metrics)
+    if not rows:
+        return "No metrics were measured for this run."
+    return "\n".join(["| metric | value |", "|---|---|", *rows])
+
+
+def figures_markdown(output_dir: Path, figures: list[str]) -> str:
+    lines = []
+    for rel in figures:
+        title = Path(rel).stem.replace("_", " ")
+        lines.append(f"![{title}]({rel})")
+    return "\n\n".join(lines) if lines else "No figures were rendered for this run."
+
+
+def write_model_card(
+    output_dir: Path,
+    cfg: TrainConfig,
+    metrics: dict,
+    figures: list[str],
+    command: str,
+    wall_time_s: float,
+    hardware: str,
+    repo_id: str | None,
+    dataset_id: str | None,
+) -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data = cfg.data if cfg.data != "sampler" else "rendered on the fly by dsvsa.sampling"
+    if cfg.holdout:
+        data += f" (hold-out: {cfg.holdout})"
+    card_data = ModelCardData(
+        library_name="dsvsa",
+        license="apache-2.0",
+        tags=["dsprites", "vae", "vector-symbolic-architecture", "disentanglement"],
+        datasets=[dataset_id] if dataset_id else None,
+        model_name=repo_id or output_dir.name,
+    )
+    hours, rest = divmod(int(round(wall_time_s)), 3600)
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        repo_id=repo_id or str(output_dir),
+        metrics_table=metrics_table(metrics),
+        figures=figures_markdown(output_dir, figures),
+        training_command=command,
+        seed=cfg.seed,
+        data=data,
+        wall_time=f"{hours} h {rest // 60} min {rest % 60} s ({wall_time_s:.0f} s)",
+        hardware=hardware,
+        config_json=json.dumps(cfg.to_dict(), indent=2),
+        stages=", ".join(f"{s} (weight {w:g})" for s, w in cfg.stages.items()),
+        steps=cfg.max_steps,
+    )
+    card.save(output_dir / "README.md")
+
+
+def run_evaluation(model, cfg: TrainConfig, output_dir: Path) -> tuple[dict, list[str]]:
+    """Final evaluation through dsvsa.evaluation when it is available; (metrics, figure paths)."""
+    try:
+        from dsvsa import evaluation
+    except ImportError:
+        logger.warning("dsvsa.evaluation is not available; the card lists no metrics")
+        return {}, []
+    data = None if cfg.data == "sampler" else cfg.data
+    out = output_dir
+    metrics = evaluation.evaluate(
+        model, data=data, num=cfg.eval_num, seed=cfg.seed, out=str(out), holdout=cfg.holdout
+    )
+    figures = sorted(str(p.relative_to(output_dir)) for p in (output_dir / "figures").glob("*.png"))
+    return metrics, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def stage_batch(cfg: TrainConfig, stage: str) -> int:
+    return cfg.stage_batch_size.get(stage, cfg.batch_size)
+
+
+def get_batches(source, cfg: TrainConfig, step: int, process: int, micro: int, device) -> dict:
+    """One micro-batch per stage, drawn from generators seeded by (seed, step, process)."""
+    batches = {}
+    for stage in cfg.stages:
+        rng = step_rng(cfg.seed, step, process, STAGES.index(stage), micro)
+        n = stage_batch(cfg, stage)
+        if source.name == "sampler":
+            batch = source.batch(stage, rng, n, "train")
+        else:
+            index = step * cfg.gradient_accumulation_steps + micro
+            batch = source.batch(stage, rng, n, "train", step=index, process=process)
+        batches[stage] = to_tensors(batch, device)
+    return batches
+
+
+def eval_batches(source, cfg: TrainConfig, device) -> list[dict]:
+    """Fixed held-out batches (the same at every evaluation of a run)."""
+    out = []
+    for i in range(cfg.eval_batches):
+        batches = {}
+        for stage in cfg.stages:
+            rng = eval_rng(cfg.seed, STAGES.index(stage), i)
+            n = stage_batch(cfg, stage)
+            if source.name == "sampler":
+                batch = source.batch(stage, rng, n, "test")
+            else:
+                batch = source.batch(stage, rng, n, "test", step=i, process=0)
+            batches[stage] = to_tensors(batch, device)
+        out.append(batches)
+    return out
+
+
+@torch.no_grad()
+def evaluate_losses(objective: Objective, batches: list[dict]) -> dict[str, float]:
+    was_training = objective.training
+    objective.eval()
+    totals: dict[str, float] = {}
+    for batch in batches:
+        for key, value in objective(batch).items():
+            totals[key] = totals.get(key, 0.0) + float(value) / len(batches)
+    objective.train(was_training)
+    return totals
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from tqdm.auto import tqdm
+
+    from dsvsa.model import DSpritesVSA
+
+    output_dir = Path(cfg.output_dir)
+    resume_from = prepare_output_dir(output_dir, args.resume, args.overwrite)
+    if args.push_dataset_to_hub and cfg.data != "sampler" and not Path(cfg.data).is_dir():
+        raise RunError(
+            f"--push-dataset-to-hub: the data {cfg.data!r} is not a local dataset folder "
+            "(it is on the Hub already)"
+        )
+
+    # processes and devices (nothing written yet)
+    project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir))
+    accelerator = Accelerator(
+        log_with=cfg.log_with, project_config=project, mixed_precision=cfg.mixed_precision
+    )
+    device = accelerator.device
+    process = accelerator.process_index
+    num_processes = accelerator.num_processes
+    main = accelerator.is_main_process
+
+    # data source (a dataset lacking the needed columns fails here)
+    try:
+        source = make_source(cfg, num_processes=num_processes)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+
+    # model and optimizer, identically initialised in every process
+    torch.manual_seed(cfg.seed)
+    model = DSpritesVSA(cfg.model_config()).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        weight_decay=cfg.weight_decay,
+    )
+
+    # resume: every file of the checkpoint is read and checked before anything is written
+    start_step, wall_before = 0, 0.0
+    if resume_from is not None:
+        trainer = load_checkpoint(resume_from, model, optimizer)
+        check_resume_config(cfg, trainer.get("config", {}), resume_from)
+        if trainer.get("num_processes", num_processes) != num_processes:
+            logger.warning(
+                "checkpoint %s was written by %s processes, this run has %s: batches after "
+                "the resume differ from an uninterrupted run",
+                resume_from,
+                trainer.get("num_processes"),
+                num_processes,
+            )
+        start_step = trainer["step"]
+        wall_before = float(trainer.get("wall_time_s", 0.0))
+        if start_step > cfg.max_steps:
+            raise RunError(
+                f"checkpoint {resume_from} is at step {start_step}, beyond max_steps "
+                f"{cfg.max_steps}"
+            )
+
+    objective = Objective(model, cfg)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    accelerator.wait_for_everyone()
+
+    # from here on the output dir is written
+    if main:
+        if args.overwrite and resume_from is None:
+            clear_run(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        truncate_jsonl(output_dir / "losses.jsonl", start_step)
+        truncate_jsonl(output_dir / "eval.jsonl", start_step)
+        (output_dir / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        logger.info("training config:\n%s", json.dumps(cfg.to_dict(), indent=2))
+        logger.info(
+            "%s parameters, %s process(es) on %s, steps %s..%s",
+            f"{model.num_parameters():,}",
+            num_processes,
+            device,
+            start_step,
+            cfg.max_steps,
+        )
+    if cfg.log_with:
+        accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
+    held_out = eval_batches(source, cfg, device)
+    raw = accelerator.unwrap_model(objective)
+
+    # the loop
+    progress = tqdm(
+        total=cfg.max_steps, initial=start_step, disable=not main, desc="train", dynamic_ncols=True
+    )
+    t0 = time.time()
+    accum = cfg.gradient_accumulation_steps
+    last_parts: dict[str, float] = {}
+    for step in range(start_step, cfg.max_steps):
+        # learning rate for this step
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # forward and backward over the micro-batches; gradients sync on the last one
+        torch.manual_seed(step_torch_seed(cfg.seed, step, process))
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batches = get_batches(source, cfg, step, process, micro, device)
+            sync = micro == accum - 1
+            with accelerator.no_sync(objective) if not sync else contextlib.nullcontext():
+                with accelerator.autocast():
+                    out = objective(batches)
+                accelerator.backward(out["loss"] / accum)
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() / accum
+
+        # clip, step
+        if cfg.grad_clip > 0:
+            accelerator.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # losses averaged over processes
+        keys = sorted(sums)
+        values = accelerator.reduce(torch.stack([sums[k] for k in keys]), reduction="mean")
+        parts = dict(zip(keys, values.tolist(), strict=True))
+        if not math.isfinite(parts["loss"]):
+            raise RunError(f"loss became {parts['loss']} at step {step + 1}; lower lr")
+        last_parts = parts
+        done = step + 1
+        if main:
+            append_jsonl(output_dir / "losses.jsonl", {"step": done, "lr": lr, **parts})
+            progress.update(1)
+            progress.set_postfix(loss=f"{parts['loss']:.1f}", recon=f"{parts['recon']:.1f}")
+        if cfg.log_with and (done % cfg.log_interval == 0 or done == cfg.max_steps):
+            logs = {f"train/{k}": v for k, v in parts.items()}
+            logs["train/lr"] = lr
+            accelerator.log(logs, step=done)
+
+        # held-out losses and quick metrics
+        if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.max_steps):
+            if main:
+                record = evaluate_losses(raw, held_out)
+                record.update(quick_metrics(raw.model, cfg, device=device))
+                append_jsonl(output_dir / "eval.jsonl", {"step": done, **record})
+                if cfg.log_with:
+                    accelerator.log({f"eval/{k}": v for k, v in record.items()}, step=done)
+                progress.write(
+                    f"step {done}: eval recon {record['recon']:.1f} iou {record['recon_iou']:.3f}"
+                )
+
+        # stop early when asked to (the checkpoint below lets --resume continue)
+        stop = args.stop_at is not None and done >= args.stop_at
+        if args.time_limit is not None:
+            elapsed = torch.tensor(time.time() - t0)
+            elapsed = accelerator.reduce(elapsed, reduction="mean").item()
+            stop = stop or elapsed >= 60 * args.time_limit
+
+        # checkpoint
+        periodic = cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0
+        if periodic or done == cfg.max_steps or (stop and done < cfg.max_steps):
+            if main:
+                wall = wall_before + time.time() - t0
+                extra = {"num_processes": num_processes, "wall_time_s": wall, "last": parts}
+                path = output_dir / "checkpoints" / f"step_{done}"
+                save_checkpoint(path, raw.model, optimizer, cfg, done, extra)
+                prune_checkpoints(output_dir, cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+        if stop and done < cfg.max_steps:
+            progress.close()
+            if main:
+                logger.info(
+                    "stopped after step %s of %s; continue with --resume", done, cfg.max_steps
+                )
+            accelerator.end_training()
+            return output_dir
+    progress.close()
+    wall_time = wall_before + time.time() - t0
+
+    # final model, config, evaluation and card (main process only)
+    accelerator.wait_for_everyone()
+    if main:
+        model = raw.model
+        model.eval()
+        model.save_pretrained(output_dir)
+        (output_dir / "training_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        metrics, figures = {}, []
+        if cfg.eval_at_end:
+            metrics, figures = run_evaluation(model, cfg, output_dir)
+        if not metrics and last_parts:
+            metrics = {"train": last_parts}
+        if metrics:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if cfg.log_with and metrics:
+            flat = {}
+            _flatten("final", metrics, flat)
+            accelerator.log(flat, step=cfg.max_steps)
+        write_model_card(
+            output_dir,
+            cfg,
+            metrics,
+            figures,
+            command=training_command(args),
+            wall_time_s=wall_time,
+            hardware=hardware_summary(num_processes),
+            repo_id=args.push_to_hub,
+            dataset_id=args.push_dataset_to_hub,
+        )
+        logger.info("saved %s (%.0f s of training)", output_dir, wall_time)
+        if args.push_dataset_to_hub:
+            push_dataset(cfg, output_dir, args.push_dataset_to_hub, args.private)
+        if args.push_to_hub:
+            push_model(output_dir, args.push_to_hub, args.private)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}/{k}", v, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out[prefix] = float(value)
+
+
+def flat_hparams(cfg: TrainConfig) -> dict:
+    """The config as TensorBoard hparams: scalars only, nested keys joined by dots."""
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, (bool, int, float, str)):
+            out[prefix] = value
+        else:
+            out[prefix] = json.dumps(value)
+
+    walk("", cfg.to_dict())
+    return out
+
+
+def training_command(args: argparse.Namespace) -> str:
+    argv = [a for a in sys.argv[1:]]
+    return "accelerate launch training/train.py " + " ".join(shlex.quote(a) for a in argv)
+
+
+def push_model(output_dir: Path, repo_id: str, private: bool) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        repo_type="model",
+        allow_patterns=PUSH_PATTERNS,
+        commit_message="Upload DSpritesVSA model trained with training/train.py",
+    )
+    logger.info("pushed %s to the Hub model repo %s", output_dir, repo_id)
+
+
+def push_dataset(cfg: TrainConfig, output_dir: Path, repo_id: str, private: bool) -> None:
+    """Push the data the run trained on as configs of a Hub dataset repository.
+
+    A dataset folder is pushed as it is (the configs its stages read). For a sampler run, the
+    same distribution (seed and hold-out of the run) is written with ``dsvsa.export`` into
+    output_dir/dataset, dataset_train_size / dataset_test_size examples per config, and pushed.
+    """
+    from dsvsa.export import build_config, push_config
+    from dsvsa.training import data_config
+
+    configs = sorted({data_config(cfg, stage) for stage in cfg.stages})
+    if cfg.data == "sampler":
+        folder = output_dir / "dataset"
+        for config in configs:
+            build_config(
+                folder,
+                config,
+                cfg.dataset_train_size,
+                cfg.dataset_test_size,
+                seed=cfg.seed,
+                holdout=cfg.holdout,
+                progress=False,
+            )
+    elif Path(cfg.data).is_dir():
+        folder = Path(cfg.data)
+    else:
+        raise RunError(f"--push-dataset-to-hub: the data {cfg.data!r} is already a Hub dataset")
+    for config in configs:
+        url = push_config(folder, config, repo_id, private=private)
+        logger.info("pushed dataset config %r to %s (%s)", config, repo_id, url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args, overrides = parse_args(argv)
+        cfg = TrainConfig.from_file(args.config, overrides)
+        train(args, cfg)
+    except (ConfigError, RunError, FileNotFoundError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
