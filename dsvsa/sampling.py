@@ -204,6 +204,14 @@ def _change_one(
     return b, ok
 
 
+def _differ(img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether two (N, 64, 64) uint8 stacks differ in at least one pixel."""
+    n = len(img_a)
+    words_a = np.ascontiguousarray(img_a).reshape(n, IMAGE_SIZE * IMAGE_SIZE).view(np.uint64)
+    words_b = np.ascontiguousarray(img_b).reshape(n, IMAGE_SIZE * IMAGE_SIZE).view(np.uint64)
+    return (words_a != words_b).any(axis=1)
+
+
 def _pair_arrays(
     rng: np.random.Generator,
     changed: np.ndarray,
@@ -211,22 +219,19 @@ def _pair_arrays(
     split: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairs for the given changed factors: (factors_a, factors_b, image_a, image_b)."""
-    n = len(changed)
     avoid = hold if (hold is not None and split == "train") else None
-    fa = np.zeros((n, NUM_FACTORS), dtype=np.int64)
-    fb = np.zeros((n, NUM_FACTORS), dtype=np.int64)
-    ia = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    ib = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    todo = np.arange(n)
+    fa = sample_factors(rng, len(changed), hold, split)
+    fb, ok = _change_one(rng, fa, changed, avoid)
+    ia, ib = _render(fa), _render(fb)
+    # the decisive check: the two renders must differ in at least one pixel
+    todo = np.flatnonzero(~(ok & _differ(ia, ib)))
     for _ in range(_MAX_PAIR_ROUNDS):
         if todo.size == 0:
             break
         a = sample_factors(rng, len(todo), hold, split)
         b, ok = _change_one(rng, a, changed[todo], avoid)
-        img_a = _render(a)
-        img_b = _render(b)
-        # the decisive check: the two renders must differ in at least one pixel
-        ok &= (img_a != img_b).reshape(len(todo), -1).any(axis=1)
+        img_a, img_b = _render(a), _render(b)
+        ok &= _differ(img_a, img_b)
         done = todo[ok]
         fa[done], fb[done], ia[done], ib[done] = a[ok], b[ok], img_a[ok], img_b[ok]
         todo = todo[~ok]
