@@ -61,7 +61,7 @@ PUSH_PATTERNS = [
     "metrics.json",
     "losses.jsonl",
     "eval.jsonl",
-    "figures/*",
+    "*.png",
     "tensorboard/**",
 ]
 # keys a resumed run may change without breaking the replay of the run so far
@@ -292,10 +292,12 @@ def prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> Path 
 
 def clear_run(output_dir: Path) -> None:
     """Remove an earlier run's files (after --overwrite, once the new run is validated)."""
-    for name in ("checkpoints", "tensorboard", "figures"):
+    for name in ("checkpoints", "tensorboard", "dataset"):
         shutil.rmtree(output_dir / name, ignore_errors=True)
     for name in ("losses.jsonl", "eval.jsonl", "metrics.json", "model.safetensors"):
         (output_dir / name).unlink(missing_ok=True)
+    for png in output_dir.glob("*.png"):
+        png.unlink()
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
@@ -326,13 +328,14 @@ def hardware_summary(num_processes: int) -> str:
 
 
 def metrics_table(metrics: dict) -> str:
-    """Markdown table of a (possibly nested) metrics dict; EVAL's formatter when it has one."""
-    try:
-        from dsvsa.evaluation import metrics_table as eval_table
+    """Markdown table of the metrics: the evaluation's own tables, or a plain key/value list."""
+    if "recon_iou" in metrics:
+        try:
+            from dsvsa.evaluation import metrics_markdown
 
-        return eval_table(metrics)
-    except (ImportError, AttributeError):
-        pass
+            return metrics_markdown(metrics)
+        except (ImportError, KeyError):
+            pass
     rows = []
 
     def walk(prefix: str, value) -> None:
@@ -399,18 +402,30 @@ def write_model_card(
 
 
 def run_evaluation(model, cfg: TrainConfig, output_dir: Path) -> tuple[dict, list[str]]:
-    """Final evaluation through dsvsa.evaluation when it is available; (metrics, figure paths)."""
+    """Final evaluation with dsvsa.evaluation; (metrics, figure file names in output_dir).
+
+    Writes metrics.json and the figures into output_dir. A failing evaluation is logged and
+    leaves the saved model in place (the card then says no metrics were measured).
+    """
     try:
         from dsvsa import evaluation
     except ImportError:
         logger.warning("dsvsa.evaluation is not available; the card lists no metrics")
         return {}, []
     data = None if cfg.data == "sampler" else cfg.data
-    out = output_dir
-    metrics = evaluation.evaluate(
-        model, data=data, num=cfg.eval_num, seed=cfg.seed, out=str(out), holdout=cfg.holdout
-    )
-    figures = sorted(str(p.relative_to(output_dir)) for p in (output_dir / "figures").glob("*.png"))
+    try:
+        metrics = evaluation.evaluate(
+            model,
+            data=data,
+            num=cfg.eval_num,
+            seed=cfg.seed,
+            out_dir=output_dir,
+            holdout=cfg.holdout,
+        )
+    except Exception:  # the model is saved already; report and go on
+        logger.exception("final evaluation failed; the card lists no metrics")
+        return {}, []
+    figures = [name for name in evaluation.FIGURES.values() if (output_dir / name).is_file()]
     return metrics, figures
 
 
@@ -471,6 +486,18 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _cpu_processes() -> bool:
+    """True for several processes on a machine without CUDA: accelerate then uses gloo.
+
+    A multi-process launch (torchrun, ``accelerate launch --multi_gpu`` or the config
+    training/accelerate_cpu2.yaml) sets WORLD_SIZE; without ``cpu=True`` accelerate would run
+    each process alone on such a machine.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    forced = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    return forced or (world > 1 and not torch.cuda.is_available())
+
+
 def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -489,7 +516,10 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     # processes and devices (nothing written yet)
     project = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir))
     accelerator = Accelerator(
-        log_with=cfg.log_with, project_config=project, mixed_precision=cfg.mixed_precision
+        log_with=cfg.log_with,
+        project_config=project,
+        mixed_precision=cfg.mixed_precision,
+        cpu=_cpu_processes(),
     )
     device = accelerator.device
     process = accelerator.process_index
@@ -658,14 +688,14 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
         metrics, figures = {}, []
         if cfg.eval_at_end:
             metrics, figures = run_evaluation(model, cfg, output_dir)
-        if not metrics and last_parts:
-            metrics = {"train": last_parts}
-        if metrics:
+        if metrics and cfg.log_with:
+            from dsvsa.evaluation import flatten_metrics
+
+            accelerator.log(flatten_metrics(metrics, prefix="final"), step=cfg.max_steps)
+        if not metrics:
+            # no evaluation: the card lists the last training losses instead
+            metrics = {"train": last_parts} if last_parts else {}
             (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if cfg.log_with and metrics:
-            flat = {}
-            _flatten("final", metrics, flat)
-            accelerator.log(flat, step=cfg.max_steps)
         write_model_card(
             output_dir,
             cfg,
@@ -685,14 +715,6 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
-
-
-def _flatten(prefix: str, value, out: dict) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}/{k}", v, out)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        out[prefix] = float(value)
 
 
 def flat_hparams(cfg: TrainConfig) -> dict:
