@@ -134,9 +134,10 @@ def _group_rows(shape: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
     last = np.floor_divide(y_hi - _HALF, SUBPIXEL)
     count = np.maximum(last - first + 1, 0).reshape(-1)  # per (orientation, pos_y, edge)
 
-    # window: from the first covered row (kept inside the image)
-    row0 = np.minimum(first.min(axis=2), IMAGE_SIZE - _WINDOW)  # (40, 32)
-    num_w = int((last.max(axis=2) - row0).max()) + 1
+    # window: num_w rows from the first covered row (kept inside the image)
+    top = first.min(axis=2)  # (40, 32)
+    num_w = int((last.max(axis=2) - top).max()) + 1
+    row0 = np.minimum(top, IMAGE_SIZE - num_w)
     if num_w > _WINDOW or row0.min() < 0:
         raise RuntimeError("sprite outside the renderer's row window")
 
@@ -264,9 +265,11 @@ def _grid_tables() -> _GridTables:
         for scale in range(_NUM_SCALES):
             g0 = (shape * _NUM_SCALES + scale) * group
             r0, cols = _group_rows(shape, scale)
-            row0[g0 : g0 + group] = r0.reshape(-1)
-            span = _span_ids(cols, extra).reshape(group, -1)
-            ids[g0 : g0 + group, : span.shape[1]] = span
+            span = _span_ids(cols, extra).reshape(group, -1)  # rows r0 .. r0 + w - 1
+            stored = np.minimum(r0.reshape(-1), IMAGE_SIZE - _WINDOW)
+            row0[g0 : g0 + group] = stored
+            at = (np.arange(g0, g0 + group) * _WINDOW + r0.reshape(-1) - stored)[:, None]
+            ids.reshape(-1)[at + np.arange(span.shape[1])] = span
     if 65 * 65 + len(extra) > np.iinfo(np.uint16).max:
         raise RuntimeError("too many distinct row patterns for uint16 ids")
     patterns = _pattern_rows(extra)
