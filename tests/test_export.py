@@ -92,6 +92,13 @@ def test_png_round_trip_is_exact_and_mode_l():
         assert img.mode == "L" and img.size == (64, 64)
         assert set(np.unique(np.asarray(img)).tolist()) == {0, 255}
     np.testing.assert_array_equal(decode_png(files), images)
+    # PNGs written by other tools (other modes, filters, chunking) decode the same way
+    others = []
+    for img, mode in zip(images, ("L", "1", "RGB", "LA", "P"), strict=True):
+        buf = io.BytesIO()
+        Image.fromarray(img * 255, mode="L").convert(mode).save(buf, format="PNG")
+        others.append(buf.getvalue())
+    np.testing.assert_array_equal(decode_png(others), images)
     with pytest.raises(ValueError, match="shape"):
         encode_png(np.zeros((2, 32, 32), np.uint8))
 
