@@ -20,13 +20,12 @@ from dsvsa.factors import (
     index_to_classes,
     values_to_classes,
 )
+from dsvsa.render import render, render_scene  # eager: the submodule shares the function's name
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it, imported lazily
 _LAZY = {
-    "render": "dsvsa.render",
-    "render_scene": "dsvsa.render",
     "sample_pairs": "dsvsa.sampling",
     "sample_scenes": "dsvsa.sampling",
     "sample_paired_scenes": "dsvsa.sampling",
@@ -54,6 +53,8 @@ __all__ = [
     "equivalent_orientations",
     "index_to_classes",
     "values_to_classes",
+    "render",
+    "render_scene",
     *_LAZY,
 ]
 
