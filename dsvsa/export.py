@@ -425,9 +425,11 @@ def build_config(
         raise ValueError("the train split needs at least one example")
     split_rng(seed, config, "train")  # validates the seed before any work
     hold = resolve_holdout(holdout)
-    out = Path(out)
+    out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "README.md").is_file():
+        raise ValueError(f"{out} is neither empty nor a dataset folder (it has no README.md)")
     if command is None:
         command = generate_command_line(config, num_train, num_test, seed, hold, out.name)
 

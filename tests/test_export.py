@@ -238,6 +238,10 @@ def test_cli_generate_and_bad_input(tmp_path, capsys):
     assert "unknown holdout" in capsys.readouterr().err
     assert main(argv + ["--seed", "-1"]) == 2
     assert "seed" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a dataset")
+    assert main(argv[:-1] + [str(tmp_path / "other")]) == 2
+    assert "neither empty nor a dataset folder" in capsys.readouterr().err
 
 
 def _table(config, split, files):
@@ -288,6 +292,13 @@ def test_push_two_configs_repush_one_and_load_through_the_hub(
     )
     streamed = load_dataset(repo, "scenes", split="test", streaming=True)
     assert_same("scenes", rows_to_arrays("scenes", streamed), want_scenes)
+    # the command line pushes a third config next to the two
+    argv = ["generate", "--config", "paired_scenes", "--train", "30", "--test", "5"]
+    assert main(argv + ["--out", str(out), "--push-to-hub", repo]) == 0
+    files = hub.files(repo, "dataset")
+    card = DatasetCard(files["README.md"].decode()).data.to_dict()
+    assert [c["config_name"] for c in card["configs"]] == ["paired", "scenes", "paired_scenes"]
+    assert load_dataset(repo, "paired_scenes", split="test").num_rows == 5
     assert hub.unknown_requests[unknown:] == [] and hub.foreign_requests[foreign:] == []
 
 
@@ -299,6 +310,12 @@ def test_failed_push_is_a_clear_error_and_keeps_the_local_folder(
     repo = hub_repo("refused")
     with pytest.raises(RuntimeError, match="Connect|refused"):
         push_config(out, "paired", repo, endpoint=unreachable_hub.endpoint, token=hub.token)
+    # the commit itself fails: nothing half-written on the Hub
+    hub.fail_next(1, status=500, match=r"POST /api/datasets/.*/commit/")
+    with pytest.raises(RuntimeError, match="500"):
+        push_config(out, "paired", repo, token=hub.token)
+    assert set(hub.files(repo, "dataset")) <= {".gitattributes"}
+    repo = hub_repo("anonymous")
     # no token: the hub answers 401; the CLI shows one line, no traceback
     argv = ["generate", "--config", "paired", "--train", "50", "--test", "10", "--out", str(out)]
     assert main(argv + ["--push-to-hub", repo]) == 2
