@@ -290,6 +290,19 @@ def test_resume_replays_the_uninterrupted_run(tmp_path, capsys):
     )
     assert rc == 2 and "'kl_coef'" in err
 
+    # weights whose shapes do not match the checkpoint's config: the file and tensor are named
+    wrong = tmp_path / "wrong_shapes"
+    shutil.copytree(split, wrong)
+    state = wrong / "checkpoints" / "step_6" / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    saved["config"]["model"]["enc_hidden"] = 24
+    state.write_text(json.dumps(saved))
+    rc, err = run_main(
+        ["--config", config, "--output-dir", wrong, "--resume", "--set", "model.enc_hidden=24"],
+        capsys,
+    )
+    assert rc == 2 and "model.safetensors" in err and "encoder.fc1" in err, err
+
 
 @pytest.mark.parametrize(
     "override, message",
@@ -388,7 +401,8 @@ def test_launch_cpu_smoke_run_of_every_stage(tmp_path):
     assert resolved.to_dict() == json.loads((run / "training_config.json").read_text())
 
     card = (run / "README.md").read_text()
-    assert "accelerate launch training/train.py" in card and '"latent_dim": 32' in card
+    assert "accelerate launch --cpu training/train.py --config" in card
+    assert '"latent_dim": 32' in card
     assert "{{" not in card
 
     events = list((run / "tensorboard").rglob("events.out.tfevents*"))
@@ -432,6 +446,9 @@ def test_two_process_gloo_run_pushes_model_and_dataset(tmp_path, hub, hub_env, h
     for name in ("config.json", "model.safetensors", "README.md", "training_config.json"):
         assert name in files, sorted(files)
     assert not any(name.startswith("checkpoints/") for name in files)
+    card = files["README.md"].decode()
+    assert "accelerate launch --config_file training/accelerate_cpu2.yaml training/train.py" in card
+    assert f"datasets:\n- {data_repo}" in card
     assert files["model.safetensors"] == (run / "model.safetensors").read_bytes()
     assert len(hub.commits(model_repo)) >= 1
     loaded = DSpritesVSA.from_pretrained(model_repo, strict=True)
@@ -445,3 +462,8 @@ def test_two_process_gloo_run_pushes_model_and_dataset(tmp_path, hub, hub_env, h
     assert any(name.startswith("paired/") and name.endswith(".parquet") for name in data_files)
     ds = load_dataset(data_repo, "paired")
     assert (len(ds["train"]), len(ds["test"])) == (6, 2)
+
+    # and a run trains from that Hub dataset
+    again = tiny_config(tmp_path, "hub_data", data=data_repo, max_steps=1, log_with=None)
+    assert train_script.main(["--config", str(again)]) == 0
+    assert len(read_losses(Path(TrainConfig.from_file(again).output_dir))) == 1

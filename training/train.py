@@ -4,6 +4,9 @@
     accelerate launch --config_file training/accelerate_cpu2.yaml training/train.py \\
         --config training/configs/default.yaml            # two CPU processes (gloo)
 
+On CPU, accelerate gives each process one torch thread unless told otherwise: on a 2-core
+machine `accelerate launch --cpu --num_cpu_threads_per_process 2 ...` uses both cores.
+
 Options: --output-dir DIR, --resume (continue from the last checkpoint in DIR), --overwrite
 (start over in a DIR that holds an earlier run), --push-to-hub ORG/NAME (model folder),
 --push-dataset-to-hub ORG/NAME (the data the run trained on, as its dataset config), and
@@ -220,13 +223,18 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"checkpoint file {path} is corrupt or truncated: {err}") from None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer from a checkpoint dir; returns its trainer state."""
+def load_checkpoint(path: Path, model, optimizer, cfg: TrainConfig) -> dict:
+    """Restore model and optimizer from a checkpoint dir; returns its trainer state.
+
+    The config is compared first (a changed architecture is reported as the config key that
+    differs), then the weights are loaded (a mismatch names the file and the tensor).
+    """
     from dsvsa.model import CheckpointError, load_weights
 
     trainer = read_json(path / "trainer_state.json")
     if trainer.get("format") != CHECKPOINT_FORMAT or not isinstance(trainer.get("step"), int):
         raise RunError(f"checkpoint file {path / 'trainer_state.json'} is not a dsvsa checkpoint")
+    check_resume_config(cfg, trainer.get("config", {}), path)
     try:
         load_weights(model, path / "model.safetensors", strict=True)
     except CheckpointError as err:
@@ -346,9 +354,15 @@ def metrics_table(metrics: dict) -> str:
             rows.append(f"| {prefix} | {value:.4g} |")
 
     walk("", metrics)
+    note = (
+        "No held-out evaluation was run for this checkpoint (`eval_at_end: false`, or the "
+        "evaluation failed; see the training log). Run `dsvsa evaluate` on it for the metrics."
+    )
     if not rows:
-        return "No metrics were measured for this run."
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+        return note
+    return "\n".join(
+        [note, "", "Last training losses:", "", "| loss | value |", "|---|---|", *rows]
+    )
 
 
 def figures_markdown(output_dir: Path, figures: list[str]) -> str:
@@ -545,8 +559,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
     # resume: every file of the checkpoint is read and checked before anything is written
     start_step, wall_before = 0, 0.0
     if resume_from is not None:
-        trainer = load_checkpoint(resume_from, model, optimizer)
-        check_resume_config(cfg, trainer.get("config", {}), resume_from)
+        trainer = load_checkpoint(resume_from, model, optimizer, cfg)
         if trainer.get("num_processes", num_processes) != num_processes:
             logger.warning(
                 "checkpoint %s was written by %s processes, this run has %s: batches after "
@@ -701,7 +714,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> Path:
             cfg,
             metrics,
             figures,
-            command=training_command(args),
+            command=training_command(num_processes),
             wall_time_s=wall_time,
             hardware=hardware_summary(num_processes),
             repo_id=args.push_to_hub,
@@ -734,9 +747,19 @@ def flat_hparams(cfg: TrainConfig) -> dict:
     return out
 
 
-def training_command(args: argparse.Namespace) -> str:
-    argv = [a for a in sys.argv[1:]]
-    return "accelerate launch training/train.py " + " ".join(shlex.quote(a) for a in argv)
+def training_command(num_processes: int) -> str:
+    """The command line of this run (launcher options reconstructed from the environment)."""
+    launcher = ["accelerate", "launch"]
+    if num_processes > 1 and not torch.cuda.is_available():
+        launcher += ["--config_file", "training/accelerate_cpu2.yaml"]
+        if num_processes != 2:
+            launcher += ["--num_processes", str(num_processes)]
+    elif num_processes > 1:
+        launcher += ["--multi_gpu", "--num_processes", str(num_processes)]
+    elif os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        launcher.append("--cpu")
+    argv = [*launcher, "training/train.py", *sys.argv[1:]]
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def push_model(output_dir: Path, repo_id: str, private: bool) -> None:
