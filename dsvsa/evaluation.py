@@ -334,7 +334,7 @@ def load_held_out(
     held = sample_held_out(
         0 if "paired" in loaded else num,
         seed,
-        num_scenes=0 if "scenes" in loaded else None,
+        num_scenes=0 if "scenes" in loaded else max(num // 2, 1),
         prototypes_per_value=prototypes_per_value,
     )
 
@@ -460,7 +460,8 @@ def evaluate(
 
     Example:
         >>> from dsvsa import DSpritesVSA
-        >>> metrics = evaluate(DSpritesVSA.from_pretrained("models/default"), num=200)
+        >>> model = DSpritesVSA.from_pretrained("models/default")  # doctest: +SKIP
+        >>> metrics = evaluate(model, num=200)  # doctest: +SKIP
         >>> round(metrics["exchange_iou"]["shape"], 2)  # doctest: +SKIP
     """
     from dsvsa.readout import factor_correct, load_readout

@@ -138,11 +138,12 @@ def heatmap(
         w, _ = _text_size(draw, label, font)
         draw.text((left + c * cell + (cell - w) // 2, y), label, fill=TEXT, font=font)
     if row_title:
-        # written vertically, one character per line, centred on the rows
-        chars = list(row_title)
-        y0 = top + (cell * matrix.shape[0] - len(chars) * (line - 4)) // 2
-        for i, ch in enumerate(chars):
-            draw.text((pad, y0 + i * (line - 4)), ch, fill=TEXT, font=font)
+        # written bottom to top, centred on the rows
+        w, h = _text_size(draw, row_title, font)
+        label = Image.new("RGB", (w + 4, h + 6), BACKGROUND)
+        ImageDraw.Draw(label).text((2, 0), row_title, fill=TEXT, font=font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (pad, top + (cell * matrix.shape[0] - label.height) // 2))
     for r, label in enumerate(row_labels):
         _, h = _text_size(draw, label, font)
         x_label = pad + (line if row_title else 0)

@@ -117,6 +117,15 @@ class OracleModel:
         return sims.argmax(-1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches on a shared CPU: one thread is faster than two fighting for cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def readout():
     return load_readout()
@@ -295,42 +304,28 @@ def test_untrained_model_returns_every_metric(tiny_model_dir, readout):
     assert not model.training
 
 
-def test_cli_writes_metrics_and_figures(tiny_model_dir, tmp_path):
+def test_cli_writes_metrics_and_figures(tiny_model_dir, tmp_path, capsys):
+    from dsvsa.cli import main
+
     out = tmp_path / "eval"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dsvsa.cli",
-            "evaluate",
-            str(tiny_model_dir),
-            "--out",
-            str(out),
-            "--num",
-            "12",
-            "--seed",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| exchange IoU, unrelated donor: shape |" in proc.stdout
+    args = ["evaluate", str(tiny_model_dir), "--out", str(out), "--num", "12", "--seed", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| exchange IoU, unrelated donor: shape |" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num"] == 12 and metrics["seed"] == 2
     assert all((out / name).is_file() for name in ev.FIGURES.values())
 
 
-def test_cli_reports_a_missing_model(tmp_path):
+def test_cli_console_script_reports_a_missing_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dsvsa.cli", "evaluate", str(tmp_path / "nothing"), "--num", "4"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "error" in proc.stderr.lower()
+    assert proc.returncode == 2
+    assert "dsvsa evaluate: error:" in proc.stderr and "nothing" in proc.stderr
 
 
 def test_dataset_folder_is_used(tmp_path, tiny_model_dir, readout):
@@ -347,3 +342,23 @@ def test_dataset_folder_is_used(tmp_path, tiny_model_dir, readout):
     assert not np.all(held.factors == held.donor_factors)
     assert sum(len(p["factors_a"]) for p in held.pairs.values()) == 30
     assert sum(len(s["factors"]) for s in held.scenes.values()) <= 30
+
+
+def test_cli_evaluates_hub_model_on_hub_dataset(tiny_model_dir, hub, hub_repo, tmp_path, capsys):
+    """MODEL and --data given as Hub ids (the loopback Hub): the same code path as the real Hub."""
+    from dsvsa.cli import main
+    from dsvsa.export import build_config, push_config
+    from dsvsa.model import DSpritesVSA
+
+    model_repo, data_repo = hub_repo("eval-model"), hub_repo("eval-data")
+    DSpritesVSA.from_pretrained(tiny_model_dir).push_to_hub(model_repo)
+    folder = tmp_path / "data"
+    for config in ("paired", "scenes"):
+        build_config(folder, config, 4, 20, seed=1, progress=False)
+        push_config(folder, config, data_repo)
+    out = tmp_path / "eval"
+    args = ["evaluate", model_repo, "--data", data_repo, "--num", "10", "--out", str(out)]
+    assert main(args) == 0
+    assert f"on {data_repo} (test split)" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num"] == 10 and data_repo in metrics["data"]

@@ -30,6 +30,15 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dspr
 ASSETS = Path(__file__).resolve().parents[1] / "dsvsa" / "assets"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches on a shared CPU: one thread is faster than two fighting for cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def readout() -> FactorReadout:
     return load_readout()
