@@ -21,7 +21,9 @@ nats summed over pixels; ``mean``: averaged over pixels), "kld" per encoded imag
 Example:
     >>> cfg = TrainConfig(model={"latent_dim": 64}, stages={"paired": 1.0}, batch_size=4)
     >>> source = make_source(cfg)
-    >>> batch = source.batch("paired", step_rng(cfg.seed, 0, 0, 0), 4)  # doctest: +SKIP
+    >>> batch = source.batch("paired", step_rng(cfg.seed, 0, 0, 0), 4)
+    >>> batch["image_a"].shape, batch["changed"].shape
+    ((4, 64, 64), (4,))
 """
 
 from __future__ import annotations
