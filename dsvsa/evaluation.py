@@ -17,7 +17,8 @@ Metrics (each edit metric also reported for the no-change baseline: return the u
   half a class step of theta + k * period. ``exchange_iou_strict`` scores the single target.
 * ``pair_swap_iou[f]``: the same swap inside pairs that differ only in f (the weaker score).
 * ``readout_exchange_accuracy[f]``: the factor readout (:mod:`dsvsa.readout`) sees b's value for f
-  and a's for the other four (orientation modulo symmetry). ``exchange_matrix[s][k]``: over swaps
+  and a's for the other four (orientation modulo symmetry); ``readout_swapped_accuracy[f]`` asks
+  only for b's value of f. ``exchange_matrix[s][k]``: over swaps
   of slot s whose target visibly differs from a in factor s, the fraction where the readout sees
   factor k changed from a's value; the ideal is the identity.
 * ``scene_edit_iou[f]``: in a two-object scene, object j's slot f from an unrelated donor; the
@@ -490,11 +491,14 @@ def evaluate(
     metrics["readout_accuracy"] = _per_feature(
         factor_correct(base_pred, held.factors).mean(axis=0).tolist()
     )
+    notes = list(held.notes)
+    if not run.can_bind(2):
+        notes.append("objects are not bound to object roles: no query_accuracy from scenes")
     metrics = {
         "num": int(len(held.factors)),
         "seed": int(seed),
         "data": held.source,
-        "notes": held.notes,
+        "notes": notes,
         **metrics,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -524,7 +528,7 @@ def _measure(run: _Runner, held: HeldOut, readout: Any, examples: dict[str, Any]
     # exchange from unrelated donors
     zb = run.latent(ib)
     base_pred = readout.predict(ia)
-    sym, strict, base, acc, acc_base = [], [], [], [], []
+    sym, strict, base, acc, acc_base, swapped, swapped_base = [], [], [], [], [], [], []
     matrix = np.full((NUM_FACTORS, NUM_FACTORS), np.nan)
     matrix_base = np.full((NUM_FACTORS, NUM_FACTORS), np.nan)
     informative_rows = []
@@ -540,8 +544,12 @@ def _measure(run: _Runner, held: HeldOut, readout: Any, examples: dict[str, Any]
         base.append(best_iou(ia, target, candidates)[0].mean())
 
         pred = readout.predict(result)
-        acc.append(readout_hits(pred, target, candidates).all(axis=1).mean())
-        acc_base.append(readout_hits(base_pred, target, candidates).all(axis=1).mean())
+        hits = readout_hits(pred, target, candidates)
+        hits_base = readout_hits(base_pred, target, candidates)
+        acc.append(hits.all(axis=1).mean())
+        acc_base.append(hits_base.all(axis=1).mean())
+        swapped.append(hits[:, f].mean())
+        swapped_base.append(hits_base[:, f].mean())
         changed, informative = exchange_changes(pred, fa, fb, f)
         changed_base, _ = exchange_changes(base_pred, fa, fb, f)
         informative_rows.append(int(informative.sum()))
@@ -555,6 +563,8 @@ def _measure(run: _Runner, held: HeldOut, readout: Any, examples: dict[str, Any]
     out["exchange_iou_strict"] = _per_feature(strict)
     out["readout_exchange_accuracy"] = _per_feature(acc)
     out["readout_exchange_accuracy_baseline"] = _per_feature(acc_base)
+    out["readout_swapped_accuracy"] = _per_feature(swapped)
+    out["readout_swapped_accuracy_baseline"] = _per_feature(swapped_base)
     out["exchange_matrix"] = _nan_to_none(matrix)
     out["exchange_matrix_baseline"] = _nan_to_none(matrix_base)
     out["exchange_matrix_rows"] = dict(zip(FACTOR_NAMES, informative_rows, strict=True))
@@ -680,8 +690,6 @@ def _queries(run: _Runner, held: HeldOut, objs2: Any) -> dict[str, Any]:
     for key in out:
         vals = [v for v in out[key].values() if not math.isnan(v)]
         out[key]["mean"] = float(np.mean(vals)) if vals else math.nan
-    if scene_vec is None:
-        out["notes_query"] = "objects are not bound: query_accuracy needs object roles"
     return out
 
 

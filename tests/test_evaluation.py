@@ -191,6 +191,7 @@ def test_oracle_scores_perfectly(oracle_metrics):
     assert all(v == 1.0 for v in m["query_accuracy_object"].values())
     # the readout is right about exact images almost always, and the matrix is the identity
     assert min(m["readout_exchange_accuracy"].values()) >= 0.93, m["readout_exchange_accuracy"]
+    assert min(m["readout_swapped_accuracy"].values()) >= 0.97, m["readout_swapped_accuracy"]
     matrix = np.array(m["exchange_matrix"])
     assert np.diag(matrix).min() >= 0.95, matrix
     assert (matrix - np.diag(np.diag(matrix))).max() <= 0.06, matrix
