@@ -24,8 +24,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import functools  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -78,16 +81,13 @@ DEFAULT_OBJECTS = {
 }
 SOURCES = ("other object", "slider value")
 
-CSS = f"""
-.pixelated img, .pixelated canvas {{
+CSS = """
+.pixelated img {
     image-rendering: pixelated;
-    image-rendering: crisp-edges;
-    width: {DISPLAY_PX}px !important;
-    height: {DISPLAY_PX}px !important;
-    max-width: 100%;
-    object-fit: contain;
-}}
-.pixelated.small img {{ width: {DISPLAY_PX // 2}px !important; height: {DISPLAY_PX // 2}px !important; }}
+    object-fit: contain !important;
+    width: 100% !important;
+    height: 100% !important;
+}
 """
 
 
@@ -519,8 +519,8 @@ def transfer(image_a, image_b, feature, factors_a=None, factors_b=None):
         {0, 255}.
     """
     k = _feature(feature)
-    a, fa, notes_a = resolve_object(image_a, factors_a, "A")
-    b, fb, notes_b = resolve_object(image_b, factors_b, "B")
+    a, fa, notes_a = resolve_object(image_a, factors_a, "Object A")
+    b, fb, notes_b = resolve_object(image_b, factors_b, "Object B")
     notes = notes_a + notes_b
     _notify(notes)
 
@@ -935,9 +935,10 @@ def _card_metrics(front_matter: str) -> str:
 # against) Gradio's upload cache before the handler sees them.
 
 
-def _output(label: str, small: bool = False) -> gr.Image:
+def _output(label: str, small: bool = False, elem_id: str | None = None) -> gr.Image:
     return gr.Image(
         label=label,
+        elem_id=elem_id,
         format="png",
         image_mode="L",
         type="numpy",
@@ -948,10 +949,52 @@ def _output(label: str, small: bool = False) -> gr.Image:
     )
 
 
+_PNG_DIR = Path(tempfile.gettempdir()) / "dsvsa-app"
+_PNG_MAX_AGE = 15 * 60  # seconds an output file is kept (Gradio copies it into its cache)
+_last_prune = [0.0]
+
+
+def _png_file(pixels: np.ndarray) -> str:
+    """Write a {0, 255} image as a PNG named by its content, atomically; return the path.
+
+    Gradio writes returned arrays into its cache under a name derived from their content but
+    truncates and rewrites that file on every request, so two requests with the same picture
+    can serve a half-written file. A finished file handed over by path is copied atomically.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buf, "PNG")
+    data = buf.getvalue()
+    path = _PNG_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    if not path.exists():
+        _PNG_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    now = time.time()
+    if now - _last_prune[0] > 60:
+        _last_prune[0] = now
+        for old in _PNG_DIR.glob("*.png"):
+            try:
+                if now - old.stat().st_mtime > _PNG_MAX_AGE:
+                    old.unlink()
+            except OSError:
+                pass
+    return str(path)
+
+
+def _as_files(outputs):
+    """Replace the image arrays in a handler's outputs by PNG file paths (see _png_file)."""
+    if isinstance(outputs, np.ndarray):
+        return _png_file(outputs)
+    if isinstance(outputs, tuple):
+        return tuple(_png_file(o) if isinstance(o, np.ndarray) else o for o in outputs)
+    return outputs
+
+
 def _preview(*values):
     """Render the sliders' object into the panel's image (silently ignores bad values)."""
     try:
-        return to_display(_render(_classes(values, "sliders"))[0])
+        return _png_file(to_display(_render(_classes(values, "sliders"))[0]))
     except gr.Error:
         return gr.skip()
 
@@ -1028,24 +1071,24 @@ def _panel_values(kw: dict, suffix: str) -> tuple[Any, list]:
 def _transfer_event(**kw):
     image_a, fa = _panel_values(kw, "a")
     image_b, fb = _panel_values(kw, "b")
-    return transfer(image_a, image_b, kw["feature"], fa, fb)
+    return _as_files(transfer(image_a, image_b, kw["feature"], fa, fb))
 
 
-def _compose_event(objects, uploads):
+def _compose_event(objects, uploads=None):
     if isinstance(uploads, dict):  # a single file sent where a list is expected
         uploads = [uploads]
-    return compose(objects, [_file_path(u) for u in uploads or []])
+    return _as_files(compose(objects, [_file_path(u) for u in uploads or []]))
 
 
 def _mix_event(**kw):
     values = [_panel_values(kw, str(i + 1)) for i in range(5)]
-    return mix([v[0] for v in values], [v[1] for v in values])
+    return _as_files(mix([v[0] for v in values], [v[1] for v in values]))
 
 
 def _edit_event(**kw):
     v1, v2 = _panel_values(kw, "1"), _panel_values(kw, "2")
-    return edit(
-        [v1[0], v2[0]], [v1[1], v2[1]], kw["object"], kw["feature"], kw["source"], kw["value"]
+    return _as_files(
+        edit([v1[0], v2[0]], [v1[1], v2[1]], kw["object"], kw["feature"], kw["source"], kw["value"])
     )
 
 
@@ -1117,8 +1160,8 @@ def build_demo(app_state: AppState | None = None) -> gr.Blocks:
                 )
                 t_run = gr.Button("Transfer", variant="primary", elem_id="transfer_run")
             with gr.Row():
-                t_result = _output("Result: A with B's feature")
-                t_target = _output("Ground truth")
+                t_result = _output("Result: A with B's feature", elem_id="transfer_result")
+                t_target = _output("Ground truth", elem_id="transfer_target")
                 t_recon_a = _output("Reconstruction of A", small=True)
                 t_recon_b = _output("Reconstruction of B", small=True)
             t_report = gr.Markdown(elem_id="transfer_report")
@@ -1127,8 +1170,10 @@ def build_demo(app_state: AppState | None = None) -> gr.Blocks:
                     ex.transfer,
                     inputs=[*pa.sliders, *pb.sliders, t_feature],
                     label="Examples",
+                    elem_id="transfer_examples",
                     example_labels=[
-                        f"{e[10]}: {_short(e[5:10])} \u2192 {_short(e[:5])}" for e in ex.transfer
+                        f"A {_short(e[:5])} \u2190 {e[10]} of B {_short(e[5:10])}"
+                        for e in ex.transfer
                     ],
                     cache_examples=False,
                 )
@@ -1322,9 +1367,12 @@ def build_demo(app_state: AppState | None = None) -> gr.Blocks:
 
 def launch_options(**overrides) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch``: CSS, upload limit; host and port from env."""
-    options = {"css": CSS, "max_file_size": MAX_FILE_SIZE, "allowed_paths": []}
     st = state()
-    options["allowed_paths"] = [str(st.weights.folder)]
+    options = {
+        "css": CSS,
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": [str(st.weights.folder), str(_PNG_DIR)],
+    }
     options.update(overrides)
     return options
 
