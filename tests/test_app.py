@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -77,6 +78,11 @@ def save_tiny(folder: Path, seed: int = 0, card: bool = True) -> Path:
         Image.fromarray(np.full((8, 8), 128, np.uint8)).save(folder / "figures" / "recon.png")
         (folder / "README.md").write_text(CARD)
     return folder
+
+
+def sliders(suffix: str, factors) -> dict[str, int]:
+    """API keyword arguments of one object panel's five sliders."""
+    return {f"{n}_{suffix}": int(v) for n, v in zip(FACTOR_NAMES, factors, strict=True)}
 
 
 def png(path) -> np.ndarray:
@@ -366,9 +372,7 @@ def test_every_api_name_answers_like_the_handler(client, loaded):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/transfer", "/compose", "/mix", "/edit", "/query"} <= names
 
-    kw = dict(zip([f"{n}_a" for n in FACTOR_NAMES], A)) | dict(
-        zip([f"{n}_b" for n in FACTOR_NAMES], B)
-    )
+    kw = sliders("a", A) | sliders("b", B)
     out = client.predict(image_a=None, image_b=None, feature="pos_x", api_name="/transfer", **kw)
     want = app.transfer(None, None, "pos_x", A, B)
     for got, exp in zip(out[:4], want[:4], strict=True):
@@ -383,13 +387,14 @@ def test_every_api_name_answers_like_the_handler(client, loaded):
     np.testing.assert_array_equal(png(out[1]), want[1])
 
     sources = [A, B, (1, 1, 20, 3, 3), (2, 2, 0, 30, 9), (0, 4, 7, 12, 28)]
-    kw = {f"{n}_{i + 1}": sources[i][k] for i in range(5) for k, n in enumerate(FACTOR_NAMES)}
-    kw |= {f"image_{i + 1}": None for i in range(5)}
+    kw = {}
+    for i in range(5):
+        kw |= sliders(str(i + 1), sources[i]) | {f"image_{i + 1}": None}
     out = client.predict(api_name="/mix", **kw)
     np.testing.assert_array_equal(png(out[0]), app.mix([None] * 5, sources)[0])
 
     objs = [(1, 2, 0, 6, 6), (2, 2, 0, 24, 24)]
-    kw = {f"{n}_{i + 1}": objs[i][k] for i in range(2) for k, n in enumerate(FACTOR_NAMES)}
+    kw = sliders("1", objs[0]) | sliders("2", objs[1])
     kw |= {"image_1": None, "image_2": None, "object": 2, "feature": "orientation"}
     out = client.predict(source="slider value", value=17, api_name="/edit", **kw)
     want = app.edit([None, None], objs, 2, "orientation", "slider value", 17)
@@ -427,7 +432,7 @@ def test_uploads_through_the_api(client, loaded, tmp_path):
     assert "2 objects" in out[2] and out[1] is None
 
 
-def test_bad_input_through_the_api_gives_messages_not_tracebacks(client, tmp_path, capfd):
+def test_bad_input_through_the_api_gives_messages_not_tracebacks(server, client, tmp_path, capfd):
     (tmp_path / "notes.txt").write_text("this is not an image")
     Image.new("L", (1, 1)).save(tmp_path / "dot.png")
     (tmp_path / "big.png").write_bytes(os.urandom(6 * 1024 * 1024))  # over the 5 MB limit
@@ -446,8 +451,14 @@ def test_bad_input_through_the_api_gives_messages_not_tracebacks(client, tmp_pat
             objects={"headers": list(FACTOR_NAMES), "data": [[0, 0, 0, 1, 1]] * 6},
             api_name="/compose",
         )
-    with pytest.raises(Exception):  # refused by the server's upload size limit
+    # uploads over the limit: gradio_client refuses them, and so does the server itself
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
         client.predict(image_a=handle_file(str(tmp_path / "big.png")), api_name="/transfer")
+    with open(tmp_path / "big.png", "rb") as f:
+        response = httpx.post(
+            server + "gradio_api/upload", files={"files": ("big.png", f)}, trust_env=False
+        )
+    assert response.status_code == 413
     # the next request works, and nothing printed a traceback
     out = client.predict(feature="scale", api_name="/transfer")
     assert "Ground truth" in out[4]
@@ -478,8 +489,7 @@ def test_sixteen_concurrent_clients_get_their_own_answers(server, loaded, monkey
 
     def call(i):
         a, b, feature = jobs[i]
-        kw = dict(zip([f"{f}_a" for f in FACTOR_NAMES], a))
-        kw |= dict(zip([f"{f}_b" for f in FACTOR_NAMES], b))
+        kw = sliders("a", a) | sliders("b", b)
         client = Client(server, verbose=False, analytics_enabled=False)
         barrier.wait()  # all 16 requests in flight together
         return client.predict(
