@@ -28,14 +28,28 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin, constants, hf_hub_download
 from torch import nn
 
-from dsvsa.factors import FACTOR_NAMES, factor_index
+from dsvsa.factors import FACTOR_NAMES, FACTOR_SIZES, factor_index
 from dsvsa.images import logits_to_binary, to_batch
-from dsvsa.vsa import ITEM_MEMORY_KINDS, ItemMemory, bind, bundle, cleanup, unbind
+from dsvsa.vsa import (
+    ITEM_MEMORY_KINDS,
+    ItemMemory,
+    bind,
+    bundle,
+    cleanup,
+    max_abs_cosine,
+    random_hypervectors,
+    unbind,
+)
 
 logger = logging.getLogger(__name__)
 
 ACTIVATIONS = ("relu", "silu", "elu", "leaky_relu")
 NORMS = ("none", "batch", "group")
+SLOT_BOTTLENECKS = ("none", "codebook")
+CODEBOOK_INFERENCE = ("argmax", "softmax")
+# a codebook slot is a point estimate: its "posterior" has this constant log-variance (the clamp
+# of ``reparameterize``), so sampling adds no noise
+CODEBOOK_LOGVAR = -30.0
 CONFIG_NAME = constants.CONFIG_NAME  # "config.json"
 WEIGHTS_NAME = constants.SAFETENSORS_SINGLE_FILE  # "model.safetensors"
 
@@ -67,6 +81,10 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "item_memory_kind": ((str,), "a string"),
     "output_bias": ((float, int, type(None)), "a number or null"),
     "channels_last": ((bool,), "true or false"),
+    "slot_bottleneck": ((str,), "a string"),
+    "codebook_temperature": ((float, int), "a positive number"),
+    "codebook_seed": ((int,), "an integer"),
+    "codebook_inference": ((str,), "a string"),
 }
 
 
@@ -108,6 +126,14 @@ class DSpritesVSAConfig:
         output_bias: initial bias of the decoder's output logits (null: PyTorch's default init);
             defaults to the logit of dSprites' mean pixel density.
         channels_last: run convolutions in channels-last memory format (faster on CPU).
+        slot_bottleneck: "none": the encoder predicts each slot as a Gaussian (mu, logvar).
+            "codebook": it predicts, per feature k, logits over that feature's values
+            (3, 6, 40, 32, 32) and slot k is ``softmax(logits_k / codebook_temperature) @ C_k``,
+            ``C_k`` a fixed codebook of random vectors (one row per value, never trained).
+        codebook_temperature: softmax temperature of the codebook slots.
+        codebook_seed: seed of the codebook vectors (must differ from ``item_memory_seed``).
+        codebook_inference: slots in eval mode: "argmax" (the code of the most likely value) or
+            "softmax" (the same soft mixture as in training).
 
     Example:
         >>> DSpritesVSAConfig(latent_dim=256, enc_hidden=128).latent_dim
@@ -130,6 +156,10 @@ class DSpritesVSAConfig:
     item_memory_kind: str = "bipolar"
     output_bias: float | None = DSPRITES_OUTPUT_BIAS
     channels_last: bool = True
+    slot_bottleneck: str = "none"
+    codebook_temperature: float = 1.0
+    codebook_seed: int = 1
+    codebook_inference: str = "argmax"
 
     def __post_init__(self) -> None:
         # tuples are accepted from Python callers but stored as lists, as JSON gives them back
@@ -138,8 +168,9 @@ class DSpritesVSAConfig:
                 setattr(self, name, list(getattr(self, name)))
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name))
-        if isinstance(self.output_bias, int):
-            self.output_bias = float(self.output_bias)
+        for name in ("output_bias", "codebook_temperature"):
+            if isinstance(getattr(self, name), int):
+                setattr(self, name, float(getattr(self, name)))
 
         for name in ("latent_dim", "enc_hidden", "dec_hidden", "num_object_roles"):
             if getattr(self, name) < 1:
@@ -167,6 +198,8 @@ class DSpritesVSAConfig:
             "activation": ACTIVATIONS,
             "norm": NORMS,
             "item_memory_kind": ITEM_MEMORY_KINDS,
+            "slot_bottleneck": SLOT_BOTTLENECKS,
+            "codebook_inference": CODEBOOK_INFERENCE,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -175,10 +208,25 @@ class DSpritesVSAConfig:
                 )
         if self.output_bias is not None and not math.isfinite(self.output_bias):
             raise ValueError(f"config field 'output_bias' must be finite, got {self.output_bias}")
-        if self.item_memory_seed < 0:
+        for name in ("item_memory_seed", "codebook_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.codebook_temperature) and self.codebook_temperature > 0):
             raise ValueError(
-                f"config field 'item_memory_seed' must be >= 0, got {self.item_memory_seed}"
+                f"config field 'codebook_temperature' must be a positive number, "
+                f"got {self.codebook_temperature}"
             )
+        if self.slot_bottleneck == "codebook" and self.codebook_seed == self.item_memory_seed:
+            # one seed would draw the codebook's first rows equal to the role vectors
+            raise ValueError(
+                f"config field 'codebook_seed' must differ from 'item_memory_seed' "
+                f"(both {self.codebook_seed})"
+            )
+
+    @property
+    def codebook_size(self) -> int:
+        """Rows of the codebook: one per value of every factor (3 + 6 + 40 + 32 + 32 = 113)."""
+        return sum(FACTOR_SIZES)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DSpritesVSAConfig:
@@ -247,7 +295,10 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """(B, 1, 64, 64) image -> (B, 2 * num_features * latent_dim) posterior parameters."""
+    """(B, 1, 64, 64) image -> (B, 2 * num_features * latent_dim) posterior parameters.
+
+    With the codebook bottleneck the output is (B, 113) logits over every factor's values.
+    """
 
     def __init__(self, config: DSpritesVSAConfig) -> None:
         super().__init__()
@@ -263,11 +314,82 @@ class Encoder(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.fc1 = nn.Linear(c_in * 4 * 4, config.enc_hidden)
         self.act = _activation(config.activation)
-        self.fc2 = nn.Linear(config.enc_hidden, 2 * config.num_features * config.latent_dim)
+        if config.slot_bottleneck == "codebook":
+            out = config.codebook_size  # logits over every factor's values
+        else:
+            out = 2 * config.num_features * config.latent_dim  # mu and logvar
+        self.fc2 = nn.Linear(config.enc_hidden, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.convs(x).flatten(1)
         return self.fc2(self.act(self.fc1(h)))
+
+
+class SlotCodebook(nn.Module):
+    """Fixed random code vectors, one row per value of each factor; never trained.
+
+    Rows are stacked feature by feature (shape 0-2, scale 3-8, orientation 9-48, pos_x 49-80,
+    pos_y 81-112) in the persistent buffer ``vectors`` (113, dim), saved in ``model.safetensors``
+    so a loaded model uses exactly the stored codes. The draw is repeated (same generator, still
+    deterministic) until all rows are quasi-orthogonal (|cos| < 0.25 for dim >= 256).
+
+    Args:
+        dim: vector dimension.
+        sizes: number of values of each factor.
+        seed: seed of the generator.
+        kind: "bipolar" (+-1) or "gaussian".
+
+    Example:
+        >>> book = SlotCodebook(1024, [3, 6, 40, 32, 32], seed=1)
+        >>> book.rows(2).shape
+        torch.Size([40, 1024])
+    """
+
+    vectors: torch.Tensor
+
+    def __init__(self, dim: int, sizes: Sequence[int], seed: int, kind: str = "bipolar") -> None:
+        super().__init__()
+        self.sizes = [int(v) for v in sizes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
+        self.seed = seed
+        self.kind = kind
+        limit = 0.25 if dim >= 256 else 1.0 - 1e-6
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(1000):
+            vectors = random_hypervectors(sum(self.sizes), dim, generator, kind)
+            if max_abs_cosine(vectors) < limit:
+                break
+        else:
+            raise ValueError(f"could not draw {sum(self.sizes)} distinct codes of dimension {dim}")
+        self.register_buffer("vectors", vectors, persistent=True)
+
+    def rows(self, k: int) -> torch.Tensor:
+        """(V_k, dim) codes of factor k's values."""
+        return self.vectors[self.offsets[k] : self.offsets[k + 1]]
+
+    def split(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, 113) logits -> per-factor logits (B, V_k)."""
+        return torch.split(logits, self.sizes, dim=-1)
+
+    def soft(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(B, 113) logits -> (B, 5, dim) slots ``softmax(logits_k / temperature) @ C_k``."""
+        slots = [
+            torch.softmax(lk / temperature, dim=-1) @ self.rows(k).to(lk.dtype)
+            for k, lk in enumerate(self.split(logits))
+        ]
+        return torch.stack(slots, dim=-2)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 113) logits -> (B, 5) int64 most likely class of every factor."""
+        return torch.stack([lk.argmax(-1) for lk in self.split(logits)], dim=-1)
+
+    def lookup(self, classes: torch.Tensor) -> torch.Tensor:
+        """(..., 5) int64 classes -> (..., 5, dim) their codes."""
+        offsets = torch.as_tensor(self.offsets[:-1], device=classes.device)
+        return self.vectors[classes + offsets]
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, dim={self.vectors.shape[1]}, seed={self.seed}"
 
 
 class Decoder(nn.Module):
@@ -364,6 +486,11 @@ class DSpritesVSA(
             num_features=config.num_features,
             num_objects=config.num_object_roles,
         )
+        self.codebook: SlotCodebook | None = None
+        if config.slot_bottleneck == "codebook":
+            self.codebook = SlotCodebook(
+                config.latent_dim, FACTOR_SIZES, config.codebook_seed, config.item_memory_kind
+            )
         self._memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
@@ -384,10 +511,58 @@ class DSpritesVSA(
         Example:
             >>> mu, logvar = model(torch.zeros(1, 1, 64, 64))
         """
+        if self.codebook is not None:
+            return self.slots_from_logits(self.feature_logits(x))
         B = x.shape[0]
         x = x.contiguous(memory_format=self._memory_format)
         h = self.encoder(x).view(B, 2, self.config.num_features, self.config.latent_dim)
         return h[:, 0], h[:, 1]
+
+    def _require_codebook(self) -> SlotCodebook:
+        if self.codebook is None:
+            raise ValueError(
+                'this model has no codebook (config.slot_bottleneck is "none"); feature logits, '
+                "codes and class predictions need slot_bottleneck: codebook"
+            )
+        return self.codebook
+
+    def feature_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Codebook models: logits over every factor's values.
+
+        Args:
+            x: (B, 1, 64, 64) float tensor, values in [0, 1].
+
+        Returns:
+            (B, 113) logits, factor after factor (split them with ``model.codebook.split``).
+        """
+        self._require_codebook()
+        return self.encoder(x.contiguous(memory_format=self._memory_format))
+
+    def slots_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codebook models: (B, 113) logits -> (mu, logvar), each (B, 5, D).
+
+        ``mu`` is the soft code mixture in training mode and, in eval mode with
+        ``codebook_inference: argmax``, the code of each factor's most likely value; ``logvar``
+        is the constant ``CODEBOOK_LOGVAR`` (a point estimate).
+        """
+        book = self._require_codebook()
+        if not self.training and self.config.codebook_inference == "argmax":
+            mu = book.lookup(book.predict(logits)).to(logits.dtype)
+        else:
+            mu = book.soft(logits, self.config.codebook_temperature)
+        return mu, torch.full_like(mu, CODEBOOK_LOGVAR)
+
+    def code_slots(self, classes: torch.Tensor) -> torch.Tensor:
+        """Codebook models: the slots of given factor classes, (..., 5) int64 -> (..., 5, D).
+
+        Example:
+            >>> v = model.object_vector(model.code_slots(torch.tensor([[0, 5, 0, 16, 16]])))
+        """
+        return self._require_codebook().lookup(classes)
+
+    def prototypes(self, feature: Feature) -> torch.Tensor:
+        """Codebook models: (V, D) the slot vector of every value of ``feature`` (for ``query``)."""
+        return self._require_codebook().rows(factor_index(feature))
 
     @staticmethod
     def reparameterize(
@@ -536,6 +711,19 @@ class DSpritesVSA(
         with self._inference():
             mu, _ = self(self._batch(images))
         return mu
+
+    def classify(self, images: Any) -> np.ndarray:
+        """Codebook models: the most likely class of every factor of image-like input.
+
+        Returns:
+            (B, 5) int64 classes (shape, scale, orientation, pos_x, pos_y).
+
+        Example:
+            >>> classes = model.classify(np.zeros((64, 64), dtype=np.uint8))  # doctest: +SKIP
+        """
+        book = self._require_codebook()
+        with self._inference():
+            return book.predict(self.feature_logits(self._batch(images))).cpu().numpy()
 
     def _decode_binary(self, v: torch.Tensor) -> np.ndarray:
         with self._inference():
@@ -837,11 +1025,12 @@ def _read_config(path: str) -> DSpritesVSAConfig:
 _SHAPE_FIELDS = {
     "encoder.convs": "enc_channels",
     "encoder.fc1": "enc_channels, enc_hidden",
-    "encoder.fc2": "enc_hidden, latent_dim",
+    "encoder.fc2": "enc_hidden, latent_dim, slot_bottleneck",
     "decoder.fc1": "latent_dim, dec_hidden",
     "decoder.fc2": "dec_hidden, dec_channels",
     "decoder.deconvs": "dec_channels",
     "item_memory": "latent_dim, num_object_roles",
+    "codebook": "latent_dim, slot_bottleneck",
 }
 
 

@@ -192,6 +192,96 @@ def test_bad_images_are_rejected(model):
         model.latent(np.full((64, 64), np.nan, np.float32))
 
 
+# ---- codebook bottleneck -----------------------------------------------------------------
+
+
+def codebook_model(**overrides) -> DSpritesVSA:
+    torch.manual_seed(0)
+    return DSpritesVSA(tiny_config(slot_bottleneck="codebook", **overrides))
+
+
+def test_codebook_config_validation_and_backward_compatibility():
+    old = {k: v for k, v in DSpritesVSAConfig().to_dict().items() if not k.startswith("codebook")}
+    del old["slot_bottleneck"]
+    assert DSpritesVSAConfig.from_dict(old).slot_bottleneck == "none"  # older config.json files
+    assert DSpritesVSAConfig(codebook_temperature=2).codebook_temperature == 2.0
+    with pytest.raises(ValueError, match="slot_bottleneck"):
+        DSpritesVSAConfig(slot_bottleneck="vq")
+    with pytest.raises(ValueError, match="codebook_temperature"):
+        DSpritesVSAConfig(codebook_temperature=0.0)
+    with pytest.raises(ValueError, match="codebook_inference"):
+        DSpritesVSAConfig(codebook_inference="sample")
+    with pytest.raises(ValueError, match="codebook_seed.*item_memory_seed"):
+        DSpritesVSAConfig(slot_bottleneck="codebook", codebook_seed=0, item_memory_seed=0)
+    assert DSpritesVSA(tiny_config()).codebook is None
+    with pytest.raises(ValueError, match="no codebook"):
+        DSpritesVSA(tiny_config()).feature_logits(torch.zeros(1, 1, 64, 64))
+
+
+def test_codebook_shapes_slots_and_codes(images):
+    m = codebook_model()
+    assert m.encoder.fc2.out_features == 3 + 6 + 40 + 32 + 32
+    book = m.codebook.vectors
+    assert book.shape == (113, 64) and set(book.unique().tolist()) == {-1.0, 1.0}
+    assert [m.prototypes(k).shape[0] for k in range(5)] == [3, 6, 40, 32, 32]
+    assert torch.equal(m.prototypes("scale"), book[3:9])
+    x = torch.from_numpy(images).float()[:, None]
+
+    # training mode: slot k is the softmax mixture of factor k's codes
+    m.train()
+    logits = m.feature_logits(x)
+    mu, logvar = m(x)
+    assert mu.shape == logvar.shape == (3, 5, 64) and mu.requires_grad
+    orient = torch.softmax(logits[:, 9:49] / m.config.codebook_temperature, -1) @ book[9:49]
+    assert torch.allclose(mu[:, 2], orient, atol=1e-5)
+    assert torch.all(logvar == -30.0)
+
+    # eval mode (argmax): every slot is exactly the code of the predicted class
+    m.eval()
+    classes = m.classify(images)
+    assert classes.shape == (3, 5) and classes.dtype == np.int64
+    assert np.all(classes < np.array([3, 6, 40, 32, 32]))
+    z = m.latent(images)
+    assert torch.equal(z, m.code_slots(torch.from_numpy(classes)))
+    assert torch.equal(m.code_slots(torch.tensor([0, 5, 0, 31, 2]))[4], book[81 + 2])
+    soft = DSpritesVSA(
+        DSpritesVSAConfig.from_dict({**m.config.to_dict(), "codebook_inference": "softmax"})
+    )
+    soft.load_state_dict(m.state_dict())
+    assert torch.allclose(soft.eval().latent(images), mu, atol=1e-5)
+
+    # query with the codebook rows as prototypes reads a bound scene back exactly
+    big = DSpritesVSA(tiny_config(latent_dim=1024, slot_bottleneck="codebook"))
+    values = torch.tensor([[2, 1, 33, 7, 30], [0, 4, 5, 19, 0]])
+    scene = big.scene_vector(big.object_vector(big.code_slots(values)))
+    for j in range(2):
+        got = [int(big.query(scene, j, k, big.prototypes(k))) for k in range(5)]
+        assert got == values[j].tolist()
+
+
+def test_codebook_is_persisted_and_bit_identical_after_load(tmp_path, images):
+    m = codebook_model(codebook_seed=7).eval()
+    # a stored codebook must win over a fresh draw from the seed
+    with torch.no_grad():
+        m.codebook.vectors.mul_(-1.0)
+    m.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert torch.equal(state["codebook.vectors"], m.codebook.vectors)
+    loaded = DSpritesVSA.from_pretrained(tmp_path, strict=True)
+    assert loaded.config == m.config and loaded.config.slot_bottleneck == "codebook"
+    assert torch.equal(loaded.codebook.vectors, m.codebook.vectors)
+    assert torch.equal(loaded.codebook.vectors, -codebook_model(codebook_seed=7).codebook.vectors)
+    assert np.array_equal(loaded.reconstruct(images), m.reconstruct(images))
+    assert torch.equal(loaded.latent(images), m.latent(images))
+    # a seed gives the same codebook in every process; another seed another one
+    assert torch.equal(codebook_model(codebook_seed=7).codebook.vectors, -m.codebook.vectors)
+    assert not torch.equal(codebook_model(codebook_seed=8).codebook.vectors, -m.codebook.vectors)
+    del state["codebook.vectors"]
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="codebook.vectors"):
+        DSpritesVSA.from_pretrained(tmp_path, strict=True)
+
+
 # ---- saving and loading ------------------------------------------------------------------
 
 
