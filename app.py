@@ -192,12 +192,11 @@ def _model_folder(spec: str) -> tuple[Path, str]:
             raise WeightsUnavailable(reason) from None
         return Path(cached), f"Hub model {spec} (cached copy; {reason})"
     try:
-        local = snapshot_download(
-            spec, revision=sha, allow_patterns=MODEL_FILES, etag_timeout=HUB_TIMEOUT
-        )
+        # by branch, not by the probed sha: the cache then records "main" for offline starts
+        local = Path(snapshot_download(spec, allow_patterns=MODEL_FILES, etag_timeout=HUB_TIMEOUT))
     except Exception as err:
         raise WeightsUnavailable(f"downloading {spec} failed: {err}") from None
-    return Path(local), f"Hub model {spec} at revision {sha[:8]}"
+    return local, f"Hub model {spec} at revision {local.name[:8]}"
 
 
 def _load_from(spec: str) -> Weights:
@@ -858,6 +857,12 @@ def query(images, factors, obj=1, feature="shape"):
 # ---- About ----------------------------------------------------------------------------------
 
 _IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_HTML_IMAGE = re.compile(r"<img\s[^>]*?src=[\"']([^\"']+)[\"'][^>]*>", re.IGNORECASE)
+
+
+def _html_alt(tag: str) -> str:
+    match = re.search(r"alt=[\"']([^\"']*)[\"']", tag, re.IGNORECASE)
+    return match.group(1) if match else ""
 
 
 def about(weights: Weights) -> tuple[str, list[tuple[str, str]]]:
@@ -883,21 +888,18 @@ def about(weights: Weights) -> tuple[str, list[tuple[str, str]]]:
             metrics = _card_metrics(text[3:end])
             text = text[end + 4 :]
     figures = []
-    base = weights.folder.resolve()
+    base = Path(os.path.abspath(weights.folder))  # not resolved: Hub snapshots are symlinks
 
-    def take(match: re.Match) -> str:
-        alt, ref = match.group(1), match.group(2)
-        path = (weights.folder / ref).resolve()
-        if (
-            not ref.startswith(("http:", "https:", "data:"))
-            and path.is_file()
-            and base in path.parents
-        ):
-            figures.append((str(path), alt or path.stem))
-            return f"*(figure: {alt or path.stem}, shown below)*"
-        return f"*(figure: {alt})*"
+    def figure(alt: str, ref: str) -> str:
+        path = Path(os.path.normpath(base / ref))
+        if not ref.startswith(("http:", "https:", "data:")) and path.is_file():
+            if base in path.parents:
+                figures.append((str(path), alt or path.stem))
+                return f"*(figure: {alt or path.stem}, shown below)*"
+        return f"*(figure: {alt or ref})*"
 
-    text = _IMAGE_LINK.sub(take, text)
+    text = _IMAGE_LINK.sub(lambda m: figure(m.group(1), m.group(2)), text)
+    text = _HTML_IMAGE.sub(lambda m: figure(_html_alt(m.group(0)), m.group(1)), text)
     parts = head + ([metrics] if metrics else []) + [text.strip()]
     return "\n\n".join(parts), figures
 
@@ -1134,6 +1136,30 @@ on black works best; uploads are turned into 64x64 black-and-white images, and y
 """
 
 
+def _reject_malformed_payloads(demo: gr.Blocks) -> None:
+    """Turn API payloads of the wrong type (a string where an image or a table is expected) and
+    file paths that were never uploaded into messages: Gradio rejects them before any handler
+    runs, and would otherwise log a traceback and answer with a bare "error"."""
+    import pydantic
+    from gradio.exceptions import InvalidPathError
+
+    checked = demo.preprocess_data
+
+    async def preprocess_data(*args, **kwargs):
+        try:
+            return await checked(*args, **kwargs)
+        except pydantic.ValidationError as err:
+            first = err.errors()[0] if err.errors() else {}
+            where = f" ({err.title})" if getattr(err, "title", None) else ""
+            raise _fail(
+                f"An input has the wrong type for this endpoint{where}: {first.get('msg', err)}."
+            ) from None
+        except InvalidPathError:
+            raise _fail("A file must be uploaded to this server before it is used.") from None
+
+    demo.preprocess_data = preprocess_data
+
+
 def build_demo(app_state: AppState | None = None) -> gr.Blocks:
     """The Space's gr.Blocks; loads weights and examples first if not done yet."""
     st = app_state or state()
@@ -1362,6 +1388,7 @@ def build_demo(app_state: AppState | None = None) -> gr.Blocks:
                     height="auto",
                     buttons=["fullscreen"],
                 )
+    _reject_malformed_payloads(demo)
     return demo
 
 

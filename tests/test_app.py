@@ -58,6 +58,8 @@ model-index:
 
 ![Reconstructions](figures/recon.png)
 
+<img src="figures/recon.png" alt="The same picture again" width="200">
+
 Numbers above are made up.
 """
 A = (2, 5, 0, 10, 12)  # large heart
@@ -83,6 +85,16 @@ def save_tiny(folder: Path, seed: int = 0, card: bool = True) -> Path:
 def sliders(suffix: str, factors) -> dict[str, int]:
     """API keyword arguments of one object panel's five sliders."""
     return {f"{n}_{suffix}": int(v) for n, v in zip(FACTOR_NAMES, factors, strict=True)}
+
+
+def rest_call(url: str, api_name: str, data: list) -> str:
+    """One call through Gradio's plain HTTP API; -> the text of its event stream."""
+    r = httpx.post(f"{url}gradio_api/call/{api_name}", json={"data": data}, trust_env=False)
+    r.raise_for_status()
+    stream = httpx.get(
+        f"{url}gradio_api/call/{api_name}/{r.json()['event_id']}", trust_env=False, timeout=60
+    )
+    return stream.text
 
 
 def png(path) -> np.ndarray:
@@ -320,8 +332,8 @@ def test_about_shows_card_metrics_and_figures(loaded):
     text, figures = app.about(loaded.weights)
     assert "| recon IoU | 0.5 |" in text and "Numbers above are made up" in text
     assert "library_name" not in text  # front matter is not shown as text
-    assert [Path(p).name for p, _ in figures] == ["recon.png"]
-    assert figures[0][1] == "Reconstructions"
+    assert [Path(p).name for p, _ in figures] == ["recon.png", "recon.png"]
+    assert [caption for _, caption in figures] == ["Reconstructions", "The same picture again"]
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -347,6 +359,52 @@ def test_missing_or_corrupt_weights_fall_back(tiny_dir, tmp_path, monkeypatch, c
     monkeypatch.setenv("DSVSA_FALLBACK_MODEL", str(tmp_path / "also-missing"))
     with pytest.raises(app.WeightsUnavailable, match="fallback failed too"):
         app.load_weights(str(broken))
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """An endpoint on 127.0.0.1 that accepts connections and never answers (a black hole)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(app, "_endpoint", lambda: endpoint)
+    monkeypatch.setattr(app, "_HUB_DOWN", {})
+    yield endpoint
+    sock.close()
+
+
+def test_hub_that_never_answers_falls_back_within_seconds(silent_hub, tiny_dir, monkeypatch):
+    monkeypatch.setenv("DSVSA_FALLBACK_MODEL", str(tiny_dir))
+    start = time.perf_counter()
+    weights = app.load_weights("dsvsa-tester/never-pushed")
+    examples = app.load_examples("dsvsa-tester/never-pushed-data")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3 * app.HUB_TIMEOUT + 5, elapsed  # one short probe, not a retry loop
+    assert weights.folder == tiny_dir and "cannot be reached" in weights.fallback_reason
+    assert examples.source.startswith("built-in sampler")
+
+
+def test_hub_weights_cached_earlier_serve_when_the_hub_is_gone(
+    hub, hub_repo, monkeypatch, unreachable_hub, tmp_path
+):
+    from huggingface_hub import HfApi
+
+    repo = hub_repo("cached")
+    api = HfApi()
+    api.create_repo(repo)
+    api.upload_folder(folder_path=save_tiny(tmp_path / "up", seed=3), repo_id=repo)
+    online = app.load_weights(repo)
+    assert online.description.startswith(f"Hub model {repo} at revision")
+    text, figures = app.about(online)  # the card and its figure came down with the weights
+    assert "| exchange IoU shape | 0.25 |" in text and len(figures) == 2
+    monkeypatch.setattr(app, "_endpoint", lambda: unreachable_hub.endpoint)
+    monkeypatch.setattr(app, "_HUB_DOWN", {})
+    monkeypatch.setenv("DSVSA_FALLBACK_MODEL", str(tmp_path / "none"))
+    offline = app.load_weights(repo)
+    assert "cached copy" in offline.description and offline.fallback_reason is None
+    a = render(np.array(A))
+    np.testing.assert_array_equal(online.model.reconstruct(a), offline.model.reconstruct(a))
 
 
 def test_examples_from_a_dataset_folder(tmp_path):
@@ -451,6 +509,14 @@ def test_bad_input_through_the_api_gives_messages_not_tracebacks(server, client,
             objects={"headers": list(FACTOR_NAMES), "data": [[0, 0, 0, 1, 1]] * 6},
             api_name="/compose",
         )
+    # payloads of the wrong type, and a server path that was never uploaded
+    with pytest.raises(Exception, match="wrong type for this endpoint"):
+        client.predict(image_a="not a file", api_name="/transfer")
+    with pytest.raises(Exception, match="wrong type for this endpoint"):
+        client.predict(objects="not a table", api_name="/compose")
+    outside = {"path": str(tmp_path / "dot.png"), "meta": {"_type": "gradio.FileData"}}
+    answer = rest_call(server, "transfer", [outside, *A, None, *B, "shape"])
+    assert "must be uploaded to this server" in answer
     # uploads over the limit: gradio_client refuses them, and so does the server itself
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
         client.predict(image_a=handle_file(str(tmp_path / "big.png")), api_name="/transfer")
