@@ -16,6 +16,7 @@ Every widget calls a plain handler (:func:`transfer`, :func:`compose`, :func:`mi
 and tested without a browser.
 """
 
+# ruff: noqa: E402  (two environment defaults must be set before gradio/huggingface_hub load)
 from __future__ import annotations
 
 import os
@@ -23,24 +24,24 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import functools  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import functools
+import hashlib
+import io
+import logging
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
 
-from dsvsa.factors import (  # noqa: E402
+from dsvsa.factors import (
     FACTOR_NAMES,
     FACTOR_SIZES,
     FACTOR_VALUES,
@@ -49,7 +50,7 @@ from dsvsa.factors import (  # noqa: E402
     same_factor_value,
     validate_classes,
 )
-from dsvsa.uploads import UploadError, prepare_upload  # noqa: E402
+from dsvsa.uploads import UploadError, prepare_upload
 
 logger = logging.getLogger("dsvsa.app")
 
@@ -243,53 +244,53 @@ def load_weights(spec: str | None = None) -> Weights:
     return weights
 
 
-def _sampler_examples() -> ExampleSet:
-    from dsvsa.sampling import sample_paired_scenes, sample_pairs, sample_scenes
-
-    rng = np.random.default_rng(EXAMPLE_SEED)
-    n = NUM_EXAMPLES
-    pairs = sample_pairs(rng, 5 * n)
-    scenes = [s["factors"] for s in sample_scenes(rng, n, 2, MAX_OBJECTS)]
-    edits = sample_paired_scenes(rng, n)
-    return _build_examples(
-        "built-in sampler (seed 0)",
-        pairs["factors_a"],
-        pairs["factors_b"],
-        pairs["changed"],
-        scenes,
-        edits["factors_a"],
-        edits["factors_b"],
-        edits["factors_other"],
-        edits["changed"],
-    )
-
-
-def _build_examples(source, pa, pb, changed, scenes, ea, eb, eo, echanged) -> ExampleSet:
-    """Slider values for each widget's examples from factor arrays."""
+def _pair_examples(pa, pb, changed) -> tuple[list[list], list[list[int]]]:
+    """Transfer examples (half same-pair, half unrelated donors) and mixer sources from pairs."""
     pa, pb = validate_classes(pa), validate_classes(pb)
-    n = min(NUM_EXAMPLES, len(pa))
     transfer = []
-    for i in range(n):
+    for i in range(min(NUM_EXAMPLES, len(pa))):
         if i % 2 == 0:  # a pair differing in one feature: the result should be b
             donor, k = pb[i], int(changed[i])
         else:  # an unrelated donor
             donor, k = pa[(i + 1) % len(pa)], i % len(FACTOR_NAMES)
         transfer.append([*pa[i].tolist(), *donor.tolist(), FACTOR_NAMES[k]])
-    compose = [validate_classes(s).tolist() for s in scenes[:NUM_EXAMPLES] if 2 <= len(s) <= 5]
     rows = np.concatenate([pa, pb])
-    mix = []
-    for i in range(min(NUM_EXAMPLES, len(rows) // 5)):
-        mix.append(rows[5 * i : 5 * i + 5].reshape(-1).tolist())
+    mix = [
+        rows[5 * i : 5 * i + 5].reshape(-1).tolist()
+        for i in range(min(NUM_EXAMPLES, len(rows) // 5))
+    ]
+    return transfer, mix
+
+
+def _scene_examples(scenes) -> list[list[list[int]]]:
+    rows = [validate_classes(s).tolist() for s in scenes]
+    return [r for r in rows if 2 <= len(r) <= MAX_OBJECTS][:NUM_EXAMPLES]
+
+
+def _edit_examples(ea, eb, eo, changed) -> list[list]:
+    """Edits of paired scenes: the changed object takes its after-change value from a slider."""
     ea, eb, eo = validate_classes(ea), validate_classes(eb), validate_classes(eo)
     edit = []
     for i in range(min(NUM_EXAMPLES, len(ea))):
-        k = int(echanged[i])
-        value = int(eb[i, k])
+        k = int(changed[i])
+        tail = [FACTOR_NAMES[k], SOURCES[1], int(eb[i, k])]
         if i % 2 == 0:
-            edit.append([*ea[i].tolist(), *eo[i].tolist(), 1, FACTOR_NAMES[k], SOURCES[1], value])
+            edit.append([*ea[i].tolist(), *eo[i].tolist(), 1, *tail])
         else:
-            edit.append([*eo[i].tolist(), *ea[i].tolist(), 2, FACTOR_NAMES[k], SOURCES[1], value])
-    return ExampleSet(source, transfer, compose, mix, edit)
+            edit.append([*eo[i].tolist(), *ea[i].tolist(), 2, *tail])
+    return edit
+
+
+def _sampler_examples() -> ExampleSet:
+    from dsvsa.sampling import sample_paired_scenes, sample_pairs, sample_scenes
+
+    rng = np.random.default_rng(EXAMPLE_SEED)
+    pairs = sample_pairs(rng, 5 * NUM_EXAMPLES)
+    scenes = [s["factors"] for s in sample_scenes(rng, NUM_EXAMPLES, 2, MAX_OBJECTS)]
+    ps = sample_paired_scenes(rng, NUM_EXAMPLES)
+    transfer, mix = _pair_examples(pairs["factors_a"], pairs["factors_b"], pairs["changed"])
+    edit = _edit_examples(ps["factors_a"], ps["factors_b"], ps["factors_other"], ps["changed"])
+    return ExampleSet("built-in sampler (seed 0)", transfer, _scene_examples(scenes), mix, edit)
 
 
 def _read_rows(spec: str, config: str, columns: list[str], n: int) -> list[dict]:
@@ -299,14 +300,43 @@ def _read_rows(spec: str, config: str, columns: list[str], n: int) -> list[dict]
     return list(ds.select_columns(columns).take(n))
 
 
+def _dataset_examples(spec: str, where: str) -> ExampleSet:
+    """Examples from the test splits of the three configs; the sampler fills in missing ones."""
+    examples = _sampler_examples()
+    missing = []
+    try:
+        rows = _read_rows(spec, "paired", ["factors_a", "factors_b", "changed"], 5 * NUM_EXAMPLES)
+        examples.transfer, examples.mix = _pair_examples(
+            *([r[c] for r in rows] for c in ("factors_a", "factors_b", "changed"))
+        )
+    except Exception as err:
+        missing.append(f"paired ({type(err).__name__})")
+    try:
+        rows = _read_rows(spec, "scenes", ["factors"], 4 * NUM_EXAMPLES)
+        examples.compose = _scene_examples([r["factors"] for r in rows])
+    except Exception as err:
+        missing.append(f"scenes ({type(err).__name__})")
+    try:
+        cols = ["factors_a", "factors_b", "factors_other", "changed"]
+        rows = _read_rows(spec, "paired_scenes", cols, NUM_EXAMPLES)
+        examples.edit = _edit_examples(*([r[c] for r in rows] for c in cols))
+    except Exception as err:
+        missing.append(f"paired_scenes ({type(err).__name__})")
+    if len(missing) == 3:
+        raise RuntimeError(f"none of its configs could be read: {', '.join(missing)}")
+    examples.source = f"{where} (test splits)"
+    if missing:
+        examples.source += f"; built-in sampler for {', '.join(missing)}"
+    return examples
+
+
 def load_examples(spec: str | None = None) -> ExampleSet:
     """Example factors from ``spec`` / ``DSVSA_DATASET`` (test splits), else from the samplers."""
     spec = spec or os.environ.get("DSVSA_DATASET") or DEFAULT_DATASET
     path = Path(spec).expanduser()
     reason = None
     if path.is_dir():
-        where = f"dataset folder {path}"
-        spec = str(path)
+        where, spec = f"dataset folder {path}", str(path)
     elif path.exists() or _looks_like_path(spec):
         reason = f"no dataset folder at {spec}"
     else:
@@ -314,30 +344,11 @@ def load_examples(spec: str | None = None) -> ExampleSet:
         where = f"Hub dataset {spec}" + (f" at revision {sha[:8]}" if sha else "")
     if reason is None:
         try:
-            n = 5 * NUM_EXAMPLES
-            pairs = _read_rows(spec, "paired", ["factors_a", "factors_b", "changed"], n)
-            scenes = _read_rows(spec, "scenes", ["factors"], NUM_EXAMPLES)
-            edits = _read_rows(
-                spec,
-                "paired_scenes",
-                ["factors_a", "factors_b", "factors_other", "changed"],
-                NUM_EXAMPLES,
-            )
-            examples = _build_examples(
-                f"{where} (test splits)",
-                [r["factors_a"] for r in pairs],
-                [r["factors_b"] for r in pairs],
-                [r["changed"] for r in pairs],
-                [r["factors"] for r in scenes],
-                [r["factors_a"] for r in edits],
-                [r["factors_b"] for r in edits],
-                [r["factors_other"] for r in edits],
-                [r["changed"] for r in edits],
-            )
+            examples = _dataset_examples(spec, where)
             logger.info("Examples from %s", examples.source)
             return examples
         except Exception as err:
-            reason = f"{where} could not be read ({type(err).__name__}: {err})"
+            reason = f"{where} could not be read ({err})"
     examples = _sampler_examples()
     logger.info("Examples from the %s: %s", examples.source, reason)
     return examples

@@ -422,6 +422,13 @@ def test_examples_from_a_dataset_folder(tmp_path):
     assert first[10] == FACTOR_NAMES[pairs["changed"][0]]
     assert len(examples.compose) >= 1 and len(examples.mix) >= 1 and len(examples.edit) >= 1
 
+    # a dataset with only some configs: the sampler fills in the rest
+    only = tmp_path / "only-paired"
+    build_config(only, "paired", 10, 40, seed=0, progress=False)
+    partial = app.load_examples(str(only))
+    assert partial.transfer == examples.transfer
+    assert "built-in sampler for scenes" in partial.source and partial.compose and partial.edit
+
 
 # ---- through gradio_client -------------------------------------------------------------------
 
