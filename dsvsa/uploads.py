@@ -74,13 +74,14 @@ def _array_to_pil(arr: np.ndarray) -> tuple[Image.Image | None, np.ndarray | Non
     elif np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise UploadError("integer image values must lie in 0..255")
-        if arr.ndim == 2 and arr.max() <= 1:
-            mask = arr.astype(np.uint8)
-            return None, mask
         arr = arr.astype(np.uint8)
+        if arr.max() <= 1:  # {0, 1} pixels, as inside the package
+            if arr.ndim == 2:
+                return None, arr
+            arr = arr * np.uint8(255)
     else:
         raise UploadError(f"unsupported image dtype {arr.dtype}")
-    if arr.ndim == 2 and arr.max() <= 1:
+    if arr.ndim == 2 and arr.max() == 0:
         return None, arr
     return Image.fromarray(arr), None
 

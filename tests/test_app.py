@@ -177,6 +177,11 @@ def test_prepare_upload_reports_each_change():
     np.testing.assert_array_equal(pixels, obj)
     assert any("inverted" in n for n in notes)
 
+    # an RGB array in {0, 1}
+    pixels, notes = prepare_upload(np.stack([obj] * 3, axis=-1))
+    np.testing.assert_array_equal(pixels, obj)
+    assert notes == ["converted from RGB to greyscale"]
+
     # 4000x4000: resized (and here empty, which is said too)
     pixels, notes = prepare_upload(Image.new("L", (4000, 4000)))
     assert pixels.shape == (64, 64) and any("4000x4000" in n for n in notes)
