@@ -66,7 +66,7 @@ def _array_to_pil(arr: np.ndarray) -> tuple[Image.Image | None, np.ndarray | Non
         raise UploadError("the image has no pixels")
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise UploadError("the image array holds NaN or infinite values")
         scale = 255.0 if arr.max() <= 1.0 else 1.0
