@@ -13,6 +13,16 @@ Stages (each ``(model, batch, cfg) -> dict`` of loss tensors with ``loss`` the t
   b's and the result is scored against the exact render of a's factors with that subset from b
   (symmetry-aware: a square or ellipse leaves its angle ambiguous, the best matching target
   counts). The complementary exchange into b and direct reconstructions of a and b are added.
+- ``codebook`` (models with ``slot_bottleneck: codebook``): the encoder classifies single objects
+  (the ``classify`` term on its per-feature logits, from the true factors), and the decoder draws
+  from the codes of the true classes (teacher forcing): single objects, and bound scenes of
+  ``scene_min_objects``..``scene_max_objects`` objects. Because every slot is a code of its own
+  factor's value, an exchange from any donor is a change of that code, which the decoder has
+  learnt for every factor combination.
+
+For codebook models every stage adds ``classify_coef`` times the classification loss of the
+images it encodes (orientation: the log of the summed probability of the symmetry-equivalent
+classes), and ``kld`` is the KL divergence of the per-feature distributions from uniform ones.
 
 A config may mix stages with weights; one step then runs every stage on its own batch and adds
 the weighted losses. Loss scales: "recon" is the image loss per reconstructed image (``sum``:
@@ -41,11 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsvsa.factors import FACTOR_NAMES, NUM_FACTORS, equivalent_orientations
+from dsvsa.factors import FACTOR_NAMES, FACTOR_SIZES, NUM_FACTORS, equivalent_orientations
 
 logger = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("paired", "scenes", "paired_scenes", "exchange")
+STAGES: tuple[str, ...] = ("paired", "scenes", "paired_scenes", "exchange", "codebook")
 
 # dataset config each stage reads when the data is a dataset folder or Hub id
 DEFAULT_DATA_CONFIGS: dict[str, str] = {
@@ -53,6 +63,7 @@ DEFAULT_DATA_CONFIGS: dict[str, str] = {
     "scenes": "scenes",
     "paired_scenes": "paired_scenes",
     "exchange": "paired",
+    "codebook": "paired",
 }
 
 
@@ -100,6 +111,10 @@ class TrainConfig:
     exchange_direct_weight: float = 1.0  # weight of the direct reconstructions in "exchange"
     scene_min_objects: int = 2
     scene_max_objects: int = 5
+    # codebook models (model.slot_bottleneck: codebook)
+    classify_coef: float = 0.0  # classification of the encoder's per-feature logits
+    codebook_scene_batch: int = 32  # teacher-forced bound scenes per step in "codebook"
+    codebook_direct_weight: float = 0.0  # "codebook": also reconstruct through the encoder
 
     # optimisation (nanoGPT-style schedule: linear warmup, then cosine decay to min_lr)
     batch_size: int = 64  # per process
@@ -168,6 +183,9 @@ class TrainConfig:
         "exchange_direct_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "scene_min_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
         "scene_max_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
+        "classify_coef": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "codebook_scene_batch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "codebook_direct_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "gradient_accumulation_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "max_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -243,7 +261,27 @@ class TrainConfig:
                     f"{', '.join(sorted(HOLDOUTS))}, got {self.holdout!r}"
                 )
         model = self.model_config()  # validates the nested model config
-        if "scenes" in self.stages and model.bind_objects:
+        codebook = model.slot_bottleneck == "codebook"
+        if "codebook" in self.stages and not codebook:
+            raise ConfigError(
+                "training config key 'stages': the 'codebook' stage needs a codebook model "
+                "(set model.slot_bottleneck: codebook)"
+            )
+        if self.classify_coef > 0 and not codebook:
+            raise ConfigError(
+                "training config key 'classify_coef' needs a codebook model (set "
+                "model.slot_bottleneck: codebook, or classify_coef: 0)"
+            )
+        if "codebook" in self.stages and self.data != "sampler":
+            # its teacher-forced scenes come from the sampler's non-overlapping placement
+            raise ConfigError(
+                "training config key 'data': the 'codebook' stage draws its objects and scenes "
+                "from the sampler (data: sampler); training it from a dataset is not supported"
+            )
+        scene_stage = "scenes" in self.stages or (
+            "codebook" in self.stages and self.codebook_scene_batch > 0
+        )
+        if scene_stage and model.bind_objects:
             if self.scene_max_objects > model.num_object_roles:
                 raise ConfigError(
                     f"training config key 'scene_max_objects' ({self.scene_max_objects}) exceeds "
@@ -469,7 +507,32 @@ class SamplerSource:
             factors_a = sampling.sample_factors(rng, n, holdout=self.holdout, split=split)
             factors_b = sampling.sample_factors(rng, n, holdout=self.holdout, split=split)
             return exchange_batch(rng, factors_a, factors_b, cfg)
+        if stage == "codebook":
+            return self.codebook_batch(rng, n, split)
         raise ValueError(f"unknown stage {stage!r}")
+
+    def codebook_batch(self, rng: np.random.Generator, n: int, split: str) -> dict:
+        """n single objects plus ``codebook_scene_batch`` scenes (numpy; see codebook_step)."""
+        from dsvsa import sampling
+        from dsvsa.render import render
+
+        cfg = self.cfg
+        factors = sampling.sample_factors(rng, n, holdout=self.holdout, split=split)
+        batch = {"image": render(factors), "factors": factors}
+        if cfg.codebook_scene_batch:
+            out = sampling.sample_scene_arrays(
+                rng,
+                cfg.codebook_scene_batch,
+                min_objects=cfg.scene_min_objects,
+                max_objects=cfg.scene_max_objects,
+                holdout=self.holdout,
+                split=split,
+            )
+            mask = np.arange(out["factors"].shape[1])[None] < out["num_objects"][:, None]
+            batch["scene"] = out["scene"]
+            batch["scene_factors"] = np.where(mask[..., None], out["factors"], 0)
+            batch["scene_mask"] = mask
+        return batch
 
 
 def exchange_batch(
@@ -535,6 +598,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
         "changed",
     ),
     "exchange": ("factors_a",),
+    "codebook": ("factors_a",),
 }
 
 
@@ -760,15 +824,86 @@ def cosine_by_labels(
     return values.sum(1).mean() if reduction == "sum" else values.mean()
 
 
-def _combine(cfg: TrainConfig, recon, kld, cos, contrast) -> dict[str, torch.Tensor]:
+def _combine(cfg: TrainConfig, recon, kld, cos, contrast, classify=None) -> dict[str, torch.Tensor]:
+    if classify is None:
+        classify = recon.new_zeros(())
     loss = recon + cfg.kl_coef * kld + cfg.cos_coef * cos + cfg.slot_contrast_coef * contrast
-    return {"loss": loss, "recon": recon, "kld": kld, "cos": cos, "contrast": contrast}
+    loss = loss + cfg.classify_coef * classify
+    return {
+        "loss": loss,
+        "recon": recon,
+        "kld": kld,
+        "cos": cos,
+        "contrast": contrast,
+        "classify": classify,
+    }
 
 
-def _kld(mu: torch.Tensor, logvar: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def _encode(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(mu, logvar, logits): logits (B, 113) for a codebook model, else None."""
+    if getattr(model, "codebook", None) is None:
+        mu, logvar = model(x)
+        return mu, logvar, None
+    logits = model.feature_logits(x)
+    mu, logvar = model.slots_from_logits(logits)
+    return mu, logvar, logits
+
+
+def _kld(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    cfg: TrainConfig,
+    logits: torch.Tensor | None = None,
+    model=None,
+) -> torch.Tensor:
+    """Gaussian KL per encoded image; for a codebook model the categorical KL from uniform."""
     from dsvsa.losses import kl_divergence
 
+    if logits is not None:
+        return codebook_kl(logits, model.config.codebook_temperature)
     return kl_divergence(mu, logvar, reduction=cfg.reduction)
+
+
+def codebook_kl(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Sum over factors of KL(softmax(logits_k / T) || uniform), mean over images: (B, 113)."""
+    total = logits.new_zeros(())
+    for lk in torch.split(logits, list(FACTOR_SIZES), dim=-1):
+        logp = F.log_softmax(lk / temperature, dim=-1)
+        total = total + (logp.exp() * logp).sum(-1).mean() + math.log(lk.shape[-1])
+    return total
+
+
+def classification_loss(
+    logits: torch.Tensor, factors: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Negative log-likelihood of the true classes, summed over factors, mean over images.
+
+    Orientation counts every class that looks the same for the object's shape (a square at
+    theta is a square at theta + pi/2): the target is the log of their summed probability.
+
+    Args:
+        logits: (B, 113) per-feature logits of a codebook model.
+        factors: (B, 5) int64 true classes.
+    """
+    parts = torch.split(logits, list(FACTOR_SIZES), dim=-1)
+    total = logits.new_zeros(())
+    for k, lk in enumerate(parts):
+        logp = F.log_softmax(lk / temperature, dim=-1)
+        if k == 2:
+            allowed = _orientation_table(logits.device)[factors[:, 0], factors[:, 2]]  # (B, 40)
+            nll = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=-1)
+        else:
+            nll = -logp.gather(-1, factors[:, k : k + 1]).squeeze(-1)
+        total = total + nll.mean()
+    return total
+
+
+def _classify(
+    model, logits: torch.Tensor | None, factors: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor | None:
+    if logits is None or cfg.classify_coef == 0:
+        return None
+    return classification_loss(logits, factors, model.config.codebook_temperature)
 
 
 def _image(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -802,18 +937,18 @@ def paired_step(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict
     B = x_a.shape[0]
 
     # encode both images in one pass
-    mu, logvar = model(torch.cat([x_a, x_b]))  # (2B, 5, D)
+    mu, logvar, logits = _encode(model, torch.cat([x_a, x_b]))  # (2B, 5, D)
     z = reparameterize(mu, logvar, model.training)
     z_a, z_b = z[:B], z[B:]
 
     # swap the changed slot: a's latent with b's changed slot should draw b, and vice versa
     swap = _changed_mask(batch["changed"])  # (B, 5)
     v = model.object_vector(torch.cat([z_a, z_b, _swap(z_a, z_b, swap), _swap(z_b, z_a, swap)]))
-    logits = model.decode(v)  # (4B, 1, 64, 64)
+    image_logits = model.decode(v)  # (4B, 1, 64, 64)
     targets = torch.cat([x_a, x_b, x_b, x_a])
-    recon = _image(logits, targets, cfg)
+    recon = _image(image_logits, targets, cfg)
 
-    kld = _kld(mu, logvar, cfg)
+    kld = _kld(mu, logvar, cfg, logits, model)
     if cfg.cos_coef > 0:
         from dsvsa.losses import cosine_embedding
 
@@ -821,7 +956,8 @@ def paired_step(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict
     else:
         cos = mu.new_zeros(())
     factors = torch.cat([batch["factors_a"], batch["factors_b"]])
-    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg))
+    classify = _classify(model, logits, factors, cfg)
+    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg), classify)
 
 
 def scenes_step(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -830,19 +966,20 @@ def scenes_step(model, batch: dict[str, torch.Tensor], cfg: TrainConfig) -> dict
     B, M = mask.shape
 
     # encode only the real objects
-    mu, logvar = model(objects[mask])  # (N, 5, D), N = mask.sum()
+    mu, logvar, logits = _encode(model, objects[mask])  # (N, 5, D), N = mask.sum()
     z = reparameterize(mu, logvar, model.training)
     obj = model.object_vector(z)  # (N, D)
 
     # padded (B, M, D) with zeros for missing objects, then the scene vector
     slots = obj.new_zeros(B, M, obj.shape[-1])
     slots[mask] = obj
-    logits = model.decode(model.scene_vector(slots))
-    recon = _image(logits, batch["scene"], cfg)
+    recon = _image(model.decode(model.scene_vector(slots)), batch["scene"], cfg)
 
-    kld = _kld(mu, logvar, cfg)
+    kld = _kld(mu, logvar, cfg, logits, model)
     cos = mu.new_zeros(())
-    return _combine(cfg, recon, kld, cos, _contrast(mu, batch["factors"][mask], cfg))
+    factors = batch["factors"][mask]
+    classify = _classify(model, logits, factors, cfg)
+    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg), classify)
 
 
 def paired_scenes_step(
@@ -853,7 +990,7 @@ def paired_scenes_step(
 
     # encode changed object (a, b) and the other object in one pass
     x = torch.cat([batch["object_a"], batch["object_b"], batch["other"]])
-    mu, logvar = model(x)  # (3B, 5, D)
+    mu, logvar, logits = _encode(model, x)  # (3B, 5, D)
     z = reparameterize(mu, logvar, model.training)
     z_a, z_b, z_o = z[:B], z[B : 2 * B], z[2 * B :]
 
@@ -870,11 +1007,11 @@ def paired_scenes_step(
     for o in obj[:4]:
         pair = torch.stack([torch.where(first, o, obj[4]), torch.where(first, obj[4], o)], dim=1)
         scenes.append(model.scene_vector(pair))  # (B, D)
-    logits = model.decode(torch.cat(scenes))
+    image_logits = model.decode(torch.cat(scenes))
     s_a, s_b = batch["scene_a"], batch["scene_b"]
-    recon = _image(logits, torch.cat([s_a, s_b, s_b, s_a]), cfg)
+    recon = _image(image_logits, torch.cat([s_a, s_b, s_b, s_a]), cfg)
 
-    kld = _kld(mu, logvar, cfg)
+    kld = _kld(mu, logvar, cfg, logits, model)
     if cfg.cos_coef > 0:
         from dsvsa.losses import cosine_embedding
 
@@ -882,7 +1019,8 @@ def paired_scenes_step(
     else:
         cos = mu.new_zeros(())
     factors = torch.cat([batch["factors_a"], batch["factors_b"], batch["factors_other"]])
-    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg))
+    classify = _classify(model, logits, factors, cfg)
+    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg), classify)
 
 
 def exchange_step(
@@ -893,24 +1031,24 @@ def exchange_step(
     B = x_a.shape[0]
 
     # encode both images
-    mu, logvar = model(torch.cat([x_a, x_b]))  # (2B, 5, D)
+    mu, logvar, logits = _encode(model, torch.cat([x_a, x_b]))  # (2B, 5, D)
     z = reparameterize(mu, logvar, model.training)
     z_a, z_b = z[:B], z[B:]
 
     # a <- b on the mask, b <- a on its complement, plus both direct reconstructions
     mask = batch["mask"]  # (B, 5) bool
     v = model.object_vector(torch.cat([_swap(z_a, z_b, mask), _swap(z_b, z_a, ~mask), z_a, z_b]))
-    logits = model.decode(v)  # (4B, 1, 64, 64)
+    out = model.decode(v)  # (4B, 1, 64, 64)
     kind, red = cfg.image_loss, cfg.reduction
     exchanged = 0.5 * (
-        best_target_loss(logits[:B], batch["target_ab"], kind, red)
-        + best_target_loss(logits[B : 2 * B], batch["target_ba"], kind, red)
+        best_target_loss(out[:B], batch["target_ab"], kind, red)
+        + best_target_loss(out[B : 2 * B], batch["target_ba"], kind, red)
     )
-    direct = _image(logits[2 * B :], torch.cat([x_a, x_b]), cfg)
+    direct = _image(out[2 * B :], torch.cat([x_a, x_b]), cfg)
     w = cfg.exchange_direct_weight
     recon = (exchanged + w * direct) / (1.0 + w)
 
-    kld = _kld(mu, logvar, cfg)
+    kld = _kld(mu, logvar, cfg, logits, model)
     factors_a, factors_b = batch["factors_a"], batch["factors_b"]
     if cfg.cos_coef > 0:
         same = torch.stack(
@@ -920,7 +1058,48 @@ def exchange_step(
         cos = cosine_by_labels(mu[:B], mu[B:], same, cfg.reduction)
     else:
         cos = mu.new_zeros(())
-    return _combine(cfg, recon, kld, cos, _contrast(mu, torch.cat([factors_a, factors_b]), cfg))
+    factors = torch.cat([factors_a, factors_b])
+    classify = _classify(model, logits, factors, cfg)
+    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg), classify)
+
+
+def codebook_step(
+    model, batch: dict[str, torch.Tensor], cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Codebook models: classify single objects; decode the true classes' codes (teacher forcing).
+
+    ``recon`` is the image loss of the teacher-forced single objects and scenes (one mean over all
+    of them), mixed with the reconstruction through the encoder's own slots when
+    ``codebook_direct_weight`` > 0.
+    """
+    x, factors = batch["image"], batch["factors"]  # (B, 1, 64, 64), (B, 5)
+    B = x.shape[0]
+
+    # encoder: per-feature logits of the single objects
+    mu, logvar, logits = _encode(model, x)
+
+    # decoder from the codes of the true classes: single objects, then bound scenes
+    vectors = [model.object_vector(model.code_slots(factors))]  # (B, D)
+    targets = [x]
+    if "scene" in batch:
+        mask = batch["scene_mask"]  # (S, M)
+        objects = model.object_vector(model.code_slots(batch["scene_factors"]))  # (S, M, D)
+        objects = objects * mask.unsqueeze(-1).to(objects.dtype)  # missing objects add nothing
+        vectors.append(model.scene_vector(objects))
+        targets.append(batch["scene"])
+    w = cfg.codebook_direct_weight
+    if w > 0:
+        vectors.append(model.object_vector(reparameterize(mu, logvar, model.training)))
+    out = model.decode(torch.cat(vectors))
+    teacher = _image(out[: len(out) - (B if w > 0 else 0)], torch.cat(targets), cfg)
+    recon = teacher
+    if w > 0:
+        recon = (teacher + w * _image(out[-B:], x, cfg)) / (1.0 + w)
+
+    kld = _kld(mu, logvar, cfg, logits, model)
+    cos = mu.new_zeros(())
+    classify = _classify(model, logits, factors, cfg)
+    return _combine(cfg, recon, kld, cos, _contrast(mu, factors, cfg), classify)
 
 
 STAGE_STEPS = {
@@ -928,6 +1107,7 @@ STAGE_STEPS = {
     "scenes": scenes_step,
     "paired_scenes": paired_scenes_step,
     "exchange": exchange_step,
+    "codebook": codebook_step,
 }
 
 

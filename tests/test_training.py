@@ -25,6 +25,7 @@ from dsvsa.training import (
     ConfigError,
     Objective,
     TrainConfig,
+    classification_loss,
     exchange_targets,
     make_source,
     random_slot_masks,
@@ -105,6 +106,9 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
         ({"model": {"width": 3}}, "model.width"),
         ({"holdout": "nowhere"}, "holdout"),
         ({"exchange_min_slots": 4, "exchange_max_slots": 2}, "exchange_min_slots"),
+        ({"stages": {"codebook": 1.0}}, "stages"),  # needs a codebook model
+        ({"classify_coef": 1.0}, "classify_coef"),
+        ({"codebook_scene_batch": -1}, "codebook_scene_batch"),
     ],
 )
 def test_config_rejects_wrong_keys_and_values(values, key):
@@ -187,14 +191,21 @@ def test_random_slot_masks_sizes():
     assert abs(masks.mean(0) - masks.mean()).max() < 0.05  # every slot equally often
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_stage_step(stage):
+CODEBOOK_MODEL = {**TINY_MODEL, "slot_bottleneck": "codebook"}
+
+
+@pytest.mark.parametrize(
+    "stage, model_config",
+    [(s, TINY_MODEL) for s in STAGES if s != "codebook"] + [(s, CODEBOOK_MODEL) for s in STAGES],
+)
+def test_stage_step(stage, model_config):
     from dsvsa.model import DSpritesVSA
 
     torch.manual_seed(0)
+    codebook = model_config is CODEBOOK_MODEL
     cfg = TrainConfig(
-        model=dict(TINY_MODEL), stages={stage: 1.0}, batch_size=3, slot_contrast_coef=0.5,
-        scene_max_objects=3,
+        model=dict(model_config), stages={stage: 1.0}, batch_size=3, slot_contrast_coef=0.5,
+        scene_max_objects=3, classify_coef=2.0 if codebook else 0.0, codebook_scene_batch=2,
     )  # fmt: skip
     model = DSpritesVSA(cfg.model_config())
     source = make_source(cfg)
@@ -203,10 +214,17 @@ def test_stage_step(stage):
     assert all(torch.equal(batch[k], again[k]) for k in batch)  # same rng, same batch
 
     out = STAGE_STEPS[stage](model, batch, cfg)
-    assert {"loss", "recon", "kld", "cos", "contrast"} <= set(out)
+    assert {"loss", "recon", "kld", "cos", "contrast", "classify"} <= set(out)
     assert all(torch.isfinite(v) for v in out.values())
     total = out["recon"] + 0.01 * out["kld"] + 1.0 * out["cos"] + 0.5 * out["contrast"]
+    total = total + 2.0 * out["classify"]
     assert torch.allclose(out["loss"], total)
+    if codebook:
+        # an untrained classifier is near chance: about log 3 + log 6 + log 40 + 2 log 32 nats
+        assert 8.0 < out["classify"].item() < 25.0
+        assert 0.0 <= out["kld"].item() < 17.0  # categorical KL from uniform, at most ~17 nats
+    else:
+        assert float(out["classify"]) == 0.0
     assert out["recon"] > 100  # nats per image of an untrained decoder
     out["loss"].backward()
     assert model.encoder.fc2.weight.grad.abs().sum() > 0
@@ -217,6 +235,51 @@ def test_stage_step(stage):
     with torch.no_grad():
         first = STAGE_STEPS[stage](model, batch, cfg)["loss"]
         assert torch.equal(first, STAGE_STEPS[stage](model, batch, cfg)["loss"])
+
+
+def test_codebook_stage_teacher_forces_the_decoder_and_classifies():
+    from dsvsa.model import DSpritesVSA
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        model=dict(CODEBOOK_MODEL), stages={"codebook": 1.0}, batch_size=4, kl_coef=0.0,
+        classify_coef=0.0, scene_min_objects=1, scene_max_objects=2, codebook_scene_batch=3,
+    )  # fmt: skip
+    model = DSpritesVSA(cfg.model_config())
+    batch = to_tensors(make_source(cfg).batch("codebook", step_rng(0, 0, 0, 4), 4))
+    assert batch["scene_factors"].shape == (3, 2, 5) and batch["scene_mask"][:, 0].all()
+    out = STAGE_STEPS["codebook"](model, batch, cfg)
+
+    # recon is the loss of decoding the true classes' codes, singles and bound scenes together
+    from dsvsa.losses import image_loss
+
+    codes = model.code_slots(batch["scene_factors"])  # (3, 2, 5, D)
+    objects = model.object_vector(codes) * batch["scene_mask"][..., None]
+    v = torch.cat(
+        [model.object_vector(model.code_slots(batch["factors"])), model.scene_vector(objects)]
+    )
+    expected = image_loss(model.decode(v), torch.cat([batch["image"], batch["scene"]]))
+    assert torch.allclose(out["recon"], expected)
+
+    # without the classification term and the direct path the encoder gets no gradient
+    out["loss"].backward()
+    assert model.encoder.fc2.weight.grad is None or not model.encoder.fc2.weight.grad.any()
+    assert model.decoder.fc1.weight.grad.abs().sum() > 0
+
+
+def test_classification_loss_counts_symmetric_orientations():
+    logits = torch.full((2, 113), -20.0)
+    factors = torch.tensor([[0, 1, 3, 4, 5], [2, 1, 3, 4, 5]])  # a square and a heart at class 3
+    offsets = torch.tensor([0, 3, 9, 49, 81])
+    logits.scatter_(1, factors + offsets, 20.0)  # all the mass on the true classes
+    exact = classification_loss(logits, factors)
+    assert float(exact) < 1e-6
+    # move the orientation mass a quarter turn (about 9.75 classes) away: fine for the square only
+    turned = logits.clone()
+    turned[:, 9 + 3], turned[:, 9 + 13] = -20.0, 20.0
+    square = classification_loss(turned[:1], factors[:1])
+    heart = classification_loss(turned[1:], factors[1:])
+    assert float(square) < 1e-6 and float(heart) > 30.0
 
 
 def test_objective_mixes_stages_with_weights():
@@ -384,6 +447,9 @@ def test_launch_cpu_smoke_run_of_every_stage(tmp_path):
 
     config = tiny_config(
         tmp_path,
+        model=dict(TINY_MODEL, slot_bottleneck="codebook"),  # every stage, the codebook's too
+        classify_coef=1.0,
+        codebook_scene_batch=2,
         stages={s: 1.0 for s in STAGES},
         stage_batch_size={"scenes": 2},
         max_steps=3,
