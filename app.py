@@ -137,6 +137,27 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
 
 
+def _bounded(fn, seconds: float):
+    """``fn()`` in a daemon thread, abandoned after ``seconds`` (TimeoutError): the HTTP timeout
+    does not cover a name lookup that hangs."""
+    box: dict[str, Any] = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _probe(repo_id: str, repo_type: str) -> tuple[str | None, str | None]:
     """Ask the Hub about a repo once, briefly: (commit sha, None) or (None, why not)."""
     from huggingface_hub import HfApi, constants
@@ -152,7 +173,12 @@ def _probe(repo_id: str, repo_type: str) -> tuple[str | None, str | None]:
     if endpoint in _HUB_DOWN:
         return None, _HUB_DOWN[endpoint]
     try:
-        info = HfApi(endpoint=endpoint).repo_info(repo_id, repo_type=repo_type, timeout=HUB_TIMEOUT)
+        info = _bounded(
+            lambda: HfApi(endpoint=endpoint).repo_info(
+                repo_id, repo_type=repo_type, timeout=HUB_TIMEOUT
+            ),
+            2 * HUB_TIMEOUT,
+        )
     except RepositoryNotFoundError:
         return None, f"the Hub at {endpoint} has no {repo_type} repository {repo_id!r}"
     except OfflineModeIsEnabled:

@@ -390,6 +390,19 @@ def test_hub_that_never_answers_falls_back_within_seconds(silent_hub, tiny_dir, 
     assert examples.source.startswith("built-in sampler")
 
 
+def test_a_probe_that_hangs_is_abandoned(monkeypatch):
+    # e.g. a name lookup that hangs, which the HTTP timeout does not cover
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "repo_info", lambda *a, **k: time.sleep(5))
+    monkeypatch.setattr(app, "HUB_TIMEOUT", 0.5)
+    monkeypatch.setattr(app, "_HUB_DOWN", {})
+    start = time.perf_counter()
+    sha, reason = app._probe("dsvsa-tester/slow", "model")
+    assert time.perf_counter() - start < 2.5
+    assert sha is None and "cannot be reached (TimeoutError)" in reason
+
+
 def test_hub_weights_cached_earlier_serve_when_the_hub_is_gone(
     hub, hub_repo, monkeypatch, unreachable_hub, tmp_path
 ):
