@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 ACTIVATIONS = ("relu", "silu", "elu", "leaky_relu")
 NORMS = ("none", "batch", "group")
 SLOT_BOTTLENECKS = ("none", "codebook")
+SLOT_COMBINES = ("sum", "concat")
 CODEBOOK_INFERENCE = ("argmax", "softmax")
 # a codebook slot is a point estimate: its "posterior" has this constant log-variance (the clamp
 # of ``reparameterize``), so sampling adds no noise
@@ -85,6 +86,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "codebook_temperature": ((float, int), "a positive number"),
     "codebook_seed": ((int,), "an integer"),
     "codebook_inference": ((str,), "a string"),
+    "slot_combine": ((str,), "a string"),
 }
 
 
@@ -134,6 +136,9 @@ class DSpritesVSAConfig:
         codebook_seed: seed of the codebook vectors (must differ from ``item_memory_seed``).
         codebook_inference: slots in eval mode: "argmax" (the code of the most likely value) or
             "softmax" (the same soft mixture as in training).
+        slot_combine: "sum" (an object vector is the latent_dim-d sum of its slots) or "concat"
+            (the ``num_features * latent_dim``-d concatenation, so the decoder sees every slot;
+            e.g. a plain 10-d VAE is ``latent_dim=2``; needs ``bind_objects: false``).
 
     Example:
         >>> DSpritesVSAConfig(latent_dim=256, enc_hidden=128).latent_dim
@@ -160,6 +165,7 @@ class DSpritesVSAConfig:
     codebook_temperature: float = 1.0
     codebook_seed: int = 1
     codebook_inference: str = "argmax"
+    slot_combine: str = "sum"
 
     def __post_init__(self) -> None:
         # tuples are accepted from Python callers but stored as lists, as JSON gives them back
@@ -200,6 +206,7 @@ class DSpritesVSAConfig:
             "item_memory_kind": ITEM_MEMORY_KINDS,
             "slot_bottleneck": SLOT_BOTTLENECKS,
             "codebook_inference": CODEBOOK_INFERENCE,
+            "slot_combine": SLOT_COMBINES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -216,12 +223,25 @@ class DSpritesVSAConfig:
                 f"config field 'codebook_temperature' must be a positive number, "
                 f"got {self.codebook_temperature}"
             )
+        if self.slot_combine == "concat" and self.bind_objects:
+            # object roles have latent_dim entries; concatenated objects have num_features times more
+            raise ValueError(
+                "config field 'slot_combine' is 'concat': set 'bind_objects' to false "
+                "(object roles cannot bind concatenated object vectors)"
+            )
         if self.slot_bottleneck == "codebook" and self.codebook_seed == self.item_memory_seed:
             # one seed would draw the codebook's first rows equal to the role vectors
             raise ValueError(
                 f"config field 'codebook_seed' must differ from 'item_memory_seed' "
                 f"(both {self.codebook_seed})"
             )
+
+    @property
+    def vector_dim(self) -> int:
+        """Dimension of object and scene vectors (the decoder's input)."""
+        if self.slot_combine == "concat":
+            return self.num_features * self.latent_dim
+        return self.latent_dim
 
     @property
     def codebook_size(self) -> int:
@@ -398,7 +418,7 @@ class Decoder(nn.Module):
     def __init__(self, config: DSpritesVSAConfig) -> None:
         super().__init__()
         c0 = config.dec_channels[0]
-        self.fc1 = nn.Linear(config.latent_dim, config.dec_hidden)
+        self.fc1 = nn.Linear(config.vector_dim, config.dec_hidden)
         self.fc2 = nn.Linear(config.dec_hidden, c0 * 4 * 4)
         self.act = _activation(config.activation)
         self.c0 = c0
@@ -605,6 +625,8 @@ class DSpritesVSA(
             )
         if self.config.bind_features:
             z = bind(z, self.item_memory.feature_roles.to(z.dtype))
+        if self.config.slot_combine == "concat":
+            return z.flatten(-2)
         return bundle(z, dim=-2)
 
     def scene_vector(self, objects: torch.Tensor) -> torch.Tensor:
@@ -622,9 +644,9 @@ class DSpritesVSA(
         Example:
             >>> s = model.scene_vector(torch.randn(4, 2, model.config.latent_dim))
         """
-        if objects.ndim < 2 or objects.shape[-1] != self.config.latent_dim:
+        if objects.ndim < 2 or objects.shape[-1] != self.config.vector_dim:
             raise ValueError(
-                f"expected objects (..., M, {self.config.latent_dim}), got {tuple(objects.shape)}"
+                f"expected objects (..., M, {self.config.vector_dim}), got {tuple(objects.shape)}"
             )
         if self.config.bind_objects:
             M = objects.shape[-2]
@@ -650,9 +672,9 @@ class DSpritesVSA(
         """
         if v.ndim == 1:
             v = v[None]
-        if v.ndim != 2 or v.shape[1] != self.config.latent_dim:
+        if v.ndim != 2 or v.shape[1] != self.config.vector_dim:
             raise ValueError(
-                f"expected vectors (B, {self.config.latent_dim}), got {tuple(v.shape)}"
+                f"expected vectors (B, {self.config.vector_dim}), got {tuple(v.shape)}"
             )
         return self.decoder(v, self._memory_format).contiguous()
 
@@ -870,6 +892,9 @@ class DSpritesVSA(
                     f"object index j must be in 0..{self.config.num_object_roles - 1}, got {j}"
                 )
             v = unbind(v, self.item_memory.object_roles[int(j)], mode)
+        if self.config.slot_combine == "concat":  # slot k is the k-th chunk
+            d = self.config.latent_dim
+            v = v[..., k * d : (k + 1) * d]
         if self.config.bind_features:
             v = unbind(v, self.item_memory.feature_roles[k], mode)
         index, _ = cleanup(v, prototypes.to(v.device, v.dtype))
@@ -1026,7 +1051,7 @@ _SHAPE_FIELDS = {
     "encoder.convs": "enc_channels",
     "encoder.fc1": "enc_channels, enc_hidden",
     "encoder.fc2": "enc_hidden, latent_dim, slot_bottleneck",
-    "decoder.fc1": "latent_dim, dec_hidden",
+    "decoder.fc1": "latent_dim, slot_combine, dec_hidden",
     "decoder.fc2": "dec_hidden, dec_channels",
     "decoder.deconvs": "dec_channels",
     "item_memory": "latent_dim, num_object_roles",
