@@ -69,6 +69,14 @@ FIGURES: dict[str, str] = {
     "exchange_matrix": "exchange_matrix.png",
     "composition": "composition.png",
 }
+# the metric groups of a report and the held-out data each one reads (see ``HeldOut.parts``)
+DATA_GROUPS: dict[str, str] = {
+    "singles": "reconstruction, exchange, readout",
+    "pairs": "swaps inside pairs",
+    "scenes": "composition",
+    "scene2": "scene edits, queries",
+    "prototypes": "query prototypes",
+}
 SHAPE, ORIENTATION = 0, 2
 NUM_ORIENTATIONS = FACTOR_SIZES[ORIENTATION]
 
@@ -215,6 +223,9 @@ class HeldOut:
         prototype_factors, prototype_images: (P, 5), (P, 64, 64) exact renders whose mean
             slot latents are the query prototypes.
         source: where the data came from (for the report).
+        notes: what the report should add (parts drawn from the sampler instead of a dataset).
+        parts: the source of each metric group, keys of ``DATA_GROUPS`` (dataset, config and
+            split, or the sampler).
     """
 
     factors: np.ndarray
@@ -228,6 +239,7 @@ class HeldOut:
     prototype_images: np.ndarray
     source: str
     notes: list[str] = field(default_factory=list)
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 def _generators(seed: int, count: int) -> list[np.random.Generator]:
@@ -287,6 +299,7 @@ def sample_held_out(
         drawn = sample_scenes(g_scenes, num_scenes, n, n, holdout=holdout, split="test")
         scenes[n] = _stack_scenes(drawn)
     source = "sampler (split test" + (f", holdout {holdout})" if holdout else ")")
+    described = f"{source}, seed {seed}"
     prototype_factors = _prototype_factors(g_proto, prototypes_per_value)
     return HeldOut(
         factors=factors,
@@ -298,7 +311,14 @@ def sample_held_out(
         edit_object=g_edit.integers(0, 2, num_scenes),
         prototype_factors=prototype_factors,
         prototype_images=_render(prototype_factors),
-        source=f"{source}, seed {seed}",
+        source=described,
+        parts={
+            "singles": f"{described} (donors from the whole grid)",
+            "pairs": described,
+            "scenes": described,
+            "scene2": described,
+            "prototypes": f"exact renders, {prototypes_per_value} per factor value",
+        },
     )
 
 
@@ -309,66 +329,130 @@ def load_held_out(
 
     Singles and pairs come from the ``paired`` config (recipients are ``image_a``; each donor is
     the ``image_a`` of another row, so its factors are independent of the recipient's), scenes
-    from the ``scenes`` config grouped by their number of objects. Parts whose config the dataset
-    lacks are drawn from the sampler instead, and ``notes`` says so.
+    from the ``scenes`` config grouped by their number of objects. A dataset without ``paired``
+    or without ``scenes`` lends its ``paired_scenes`` config instead where it can: the changed
+    object before and after its change as singles and pairs, ``scene_a`` (that object and the
+    other one) as the two-object scenes. What no config of the dataset provides is drawn from the
+    sampler; ``notes`` says so and ``parts`` names the source of each metric group.
 
     Raises:
-        FileNotFoundError: the dataset has neither a paired nor a scenes test split.
+        FileNotFoundError: no such dataset folder or Hub repository, or the dataset has none of
+            the paired, scenes and paired_scenes test splits.
+        dsvsa.model.HubUnreachableError: a Hub id, the Hub cannot be reached and the dataset is
+            not in the local cache.
     """
-    from dsvsa.export import load_split
+    from dsvsa.export import check_dataset_source, load_split
 
+    check_dataset_source(data)  # a missing folder or unknown repo fails here, before any work
     notes: list[str] = []
     g_pick, g_donor, g_edit = _generators(seed + 1, 3)
     loaded: dict[str, Any] = {}
     errors = []
-    for config in ("paired", "scenes"):
+    for config in ("paired", "scenes", "paired_scenes"):
+        if config == "paired_scenes" and {"paired", "scenes"} <= set(loaded):
+            break  # nothing left for it to lend
         try:
             loaded[config] = load_split(data, config, "test")
         except (FileNotFoundError, ValueError, KeyError) as err:
-            errors.append(f"{config}: {err}")
-            notes.append(f"no {config} test split in {data}; that part is drawn from the sampler")
+            errors.append(f"{config}: {' '.join(str(err).split())}")
     if not loaded:
         raise FileNotFoundError(
-            f"no paired or scenes test split could be loaded from {data}: " + "; ".join(errors)
+            f"no paired, scenes or paired_scenes test split could be loaded from {data}: "
+            + "; ".join(errors)
         )
+    lender = loaded.get("paired_scenes")
+    has_singles = "paired" in loaded or lender is not None
+    has_scenes = "scenes" in loaded
     # the sampler fills in whatever the dataset lacks (and always draws the prototypes)
     held = sample_held_out(
-        0 if "paired" in loaded else num,
+        0 if has_singles else num,
         seed,
-        num_scenes=0 if "scenes" in loaded else max(num // 2, 1),
+        num_scenes=0 if has_scenes else max(num // 2, 1),
         prototypes_per_value=prototypes_per_value,
     )
+    sampler = held.source
 
-    if "paired" in loaded:
-        paired = loaded["paired"]
-        fa, fb = paired["factors_a"], paired["factors_b"]
+    def where(config: str, what: str = "") -> str:
+        return f"{data}, config {config}, split test" + (f" ({what})" if what else "")
+
+    if "paired" in loaded or lender is not None:
+        if "paired" in loaded:
+            p = loaded["paired"]
+            fa, fb, ia, ib = p["factors_a"], p["factors_b"], p["image_a"], p["image_b"]
+            changed, config = p["changed"], "paired"
+            held.parts["singles"] = where("paired", "image_a; donors: image_a of other rows")
+            held.parts["pairs"] = where("paired")
+        else:
+            fa, fb, ia, ib = (lender[k] for k in ("factors_a", "factors_b", "object_a", "object_b"))
+            changed, config = lender["changed"], "paired_scenes"
+            held.parts["singles"] = where(
+                "paired_scenes", "object_a; donors: object_a of other rows"
+            )
+            held.parts["pairs"] = where("paired_scenes", "object_a and object_b")
+            notes.append(
+                f"no paired test split in {data}: single objects and pairs come from its "
+                "paired_scenes config (the changed object before and after the change)"
+            )
         if len(fa) < 2:
-            raise ValueError(f"the paired test split of {data} has {len(fa)} rows; need 2 or more")
+            raise ValueError(
+                f"the {config} test split of {data} has {len(fa)} rows; need 2 or more"
+            )
         rows = g_pick.permutation(len(fa))[:num]
         donor_rows = (rows + 1 + g_donor.integers(0, len(fa) - 1, len(rows))) % len(fa)
-        held.factors, held.images = fa[rows], paired["image_a"][rows]
-        held.donor_factors, held.donor_images = fa[donor_rows], paired["image_a"][donor_rows]
+        held.factors, held.images = fa[rows], ia[rows]
+        held.donor_factors, held.donor_images = fa[donor_rows], ia[donor_rows]
         for k in range(NUM_FACTORS):
-            sel = np.flatnonzero(paired["changed"] == k)[:num]
+            sel = np.flatnonzero(changed == k)[:num]
             held.pairs[k] = {
                 "factors_a": fa[sel],
                 "factors_b": fb[sel],
-                "image_a": paired["image_a"][sel],
-                "image_b": paired["image_b"][sel],
+                "image_a": ia[sel],
+                "image_b": ib[sel],
             }
-    if "scenes" in loaded:
+    else:
+        notes.append(
+            f"no paired test split in {data}; single objects and pairs are drawn from the sampler"
+        )
+
+    num_scenes = max(num // 2, 1)
+    if has_scenes:
         by_count: dict[int, list] = {}
         for scene in loaded["scenes"]:
             by_count.setdefault(int(scene["num_objects"]), []).append(scene)
+        present = sorted(by_count)
         missing = [n for n in range(1, MAX_OBJECTS + 1) if n not in by_count]
+        scene_source = where("scenes", f"{present[0]}-{present[-1]} objects" if present else "")
         if missing:
             from dsvsa.sampling import sample_scenes
 
             g_scenes = _generators(seed + 2, 1)[0]
             notes.append(f"no {missing}-object scenes in {data}; drawn from the sampler")
             for n in missing:
-                by_count[n] = sample_scenes(g_scenes, max(num // 2, 1), n, n, split="test")
-        held.scenes = {n: _stack_scenes(by_count[n][: max(num // 2, 1)]) for n in sorted(by_count)}
+                by_count[n] = sample_scenes(g_scenes, num_scenes, n, n, split="test")
+            counts = ", ".join(map(str, missing))
+            scene_source += f"; {sampler} for {counts} object(s)"
+        held.scenes = {n: _stack_scenes(by_count[n][:num_scenes]) for n in sorted(by_count)}
+        held.parts["scenes"] = scene_source
+        held.parts["scene2"] = (
+            where("scenes", "2-object scenes") if 2 not in missing else held.parts["scene2"]
+        )
+    elif lender is not None:
+        rows = g_pick.permutation(len(lender["factors_a"]))[:num_scenes]
+        held.scenes[2] = {
+            "factors": np.stack([lender["factors_a"], lender["factors_other"]], axis=1)[rows],
+            "objects": np.stack([lender["object_a"], lender["other"]], axis=1)[rows],
+            "scene": lender["scene_a"][rows],
+        }
+        held.parts["scene2"] = where("paired_scenes", "scene_a = object_a with other")
+        held.parts["scenes"] = (
+            f"{where('paired_scenes', 'scene_a, 2 objects')}; {sampler} for 1, 3, 4, 5 objects"
+        )
+        notes.append(
+            f"no scenes test split in {data}: two-object scenes come from its paired_scenes "
+            "config, scenes of 1, 3, 4 and 5 objects from the sampler"
+        )
+    else:
+        notes.append(f"no scenes test split in {data}; scenes are drawn from the sampler")
     held.edit_object = g_edit.integers(0, 2, len(held.scenes[2]["factors"]))
     held.source = f"{data} (test split), seed {seed}"
     held.notes = notes
@@ -467,6 +551,8 @@ def evaluate(
     """
     from dsvsa.readout import factor_correct, load_readout
 
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise ValueError(f"num must be >= 1 (held-out examples per metric), got {num!r}")
     start = time.perf_counter()
     if isinstance(data, HeldOut):
         held = data
@@ -498,6 +584,7 @@ def evaluate(
         "num": int(len(held.factors)),
         "seed": int(seed),
         "data": held.source,
+        "data_sources": {DATA_GROUPS.get(k, k): v for k, v in held.parts.items()},
         "notes": notes,
         **metrics,
         "seconds": round(time.perf_counter() - start, 1),
@@ -841,16 +928,45 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def report_header(model: str, metrics: dict[str, Any]) -> str:
+    """The lines printed above the metric table: model, data of each metric group, notes."""
+    lines = [f"dsvsa evaluate {model} on {metrics['data']} ({metrics['num']} examples)", ""]
+    sources = metrics.get("data_sources") or {}
+    if sources:
+        lines.append("data behind each metric group:")
+        width = max(len(group) for group in sources)
+        lines += [f"  {group:<{width}}  {source}" for group, source in sources.items()]
+        lines.append("")
+    for note in metrics.get("notes") or []:
+        lines.append(f"note: {note}")
+    if metrics.get("notes"):
+        lines.append("")
+    return "\n".join(lines)
+
+
 def evaluate_command(args: Any) -> int:
     """``dsvsa evaluate MODEL [--data DIR_OR_REPO] [--out DIR] [--num N] [--seed S]``."""
     from dsvsa.model import DSpritesVSA
 
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; expected a folder for metrics and figures")
     model = DSpritesVSA.from_pretrained(args.model)
+    if args.data is not None:
+        from dsvsa.export import check_dataset_source
+
+        check_dataset_source(args.data)  # fail before the readout and the draws
+        import datasets
+
+        datasets.disable_progress_bars()  # a test split loads in a second: no bars for it
     metrics = evaluate(model, data=args.data, num=args.num, seed=args.seed, out_dir=args.out)
-    print(f"dsvsa evaluate {args.model} on {metrics['data']} ({metrics['num']} examples)\n")
+    print(report_header(args.model, metrics))
     print(metrics_markdown(metrics))
     if args.out:
-        print(f"metrics and figures written to {args.out}")
+        print(f"metrics.json and {len(FIGURES)} figures written to {args.out}")
+    else:
+        print("nothing written (pass --out DIR to save metrics.json and the figures)")
     return 0
 
 
@@ -858,6 +974,7 @@ __all__ = [
     "EVAL_SALT",
     "FIGURES",
     "HeldOut",
+    "DATA_GROUPS",
     "METRICS_FILE",
     "best_iou",
     "evaluate",
@@ -869,6 +986,7 @@ __all__ = [
     "metrics_markdown",
     "orientation_closure",
     "readout_hits",
+    "report_header",
     "sample_held_out",
     "write_outputs",
 ]

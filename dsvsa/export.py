@@ -21,6 +21,7 @@ an interrupted or failed run leaves the previous folder as it was.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -429,10 +430,7 @@ def build_config(
     split_rng(seed, config, "train")  # validates the seed before any work
     hold = resolve_holdout(holdout)
     out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "README.md").is_file():
-        raise ValueError(f"{out} is neither empty nor a dataset folder (it has no README.md)")
+    check_output_folder(out)
     if command is None:
         command = generate_command_line(config, num_train, num_test, seed, hold, out.name)
 
@@ -481,6 +479,52 @@ def build_config(
         _folder_bytes(out / config) / 1e6,
     )
     return out
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "training_config.json")
+
+
+def is_dataset_card(readme: str | os.PathLike) -> bool:
+    """True when ``readme`` is a dataset card written by this package (its YAML has ``dsvsa``)."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        if not Path(readme).read_text(encoding="utf-8").startswith("---"):
+            return False  # no YAML metadata block at all
+        data = DatasetCard.load(Path(readme)).data.to_dict()
+    except Exception:  # no or broken YAML front matter, unreadable file
+        return False
+    return isinstance(data.get(CARD_KEY), dict)
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse a folder that is not (yet) a dsvsa dataset folder, before anything is written.
+
+    Raises:
+        ValueError: ``out`` is a file, holds a model (``config.json``, ``model.safetensors``...),
+            holds a README.md that is not a dsvsa dataset card, or holds other files without one.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    model_files = [name for name in MODEL_FILES if (out / name).exists()]
+    if model_files:
+        raise ValueError(
+            f"{out} holds a model ({', '.join(model_files)}), not a dataset; nothing was written: "
+            "choose another folder for the dataset"
+        )
+    readme = out / "README.md"
+    if not readme.is_file():
+        raise ValueError(
+            f"{out} is neither empty nor a dataset folder (it has no README.md); nothing was "
+            "written: choose an empty or new folder"
+        )
+    if not is_dataset_card(readme):
+        raise ValueError(
+            f"{readme} is not a dsvsa dataset card (it would be overwritten); nothing was "
+            "written: choose an empty or new folder"
+        )
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
@@ -751,9 +795,71 @@ def load_split(
     from datasets import load_dataset
 
     _check_config(config)
-    ds = load_dataset(str(path_or_repo), config, split=split, **load_kwargs)
+    source = str(path_or_repo)
+    offline_reason = check_dataset_source(source, revision=load_kwargs.get("revision"))
+    if offline_reason is None:
+        ds = load_dataset(source, config, split=split, **load_kwargs)
+    else:
+        from dsvsa.model import HubUnreachableError
+
+        try:
+            with _hub_offline():
+                ds = load_dataset(source, config, split=split, **load_kwargs)
+        except (ConnectionError, FileNotFoundError) as err:
+            raise HubUnreachableError(
+                f"could not reach the Hub for dataset {source} and it is not in the local "
+                f"cache ({offline_reason}; no dataset folder of that name here either)"
+            ) from err
     table = ds.with_format("arrow")[:]
     return table_to_arrays(config, table)
+
+
+def check_dataset_source(
+    path_or_repo: str | os.PathLike, revision: str | None = None
+) -> str | None:
+    """Fail fast on a dataset that cannot exist; probe the Hub once for a repo id.
+
+    Returns:
+        None for a local folder or a repo the Hub answers for, else why the Hub cannot be used
+        (then only the local cache can serve it).
+
+    Raises:
+        FileNotFoundError: a path-like name (``./x``, ``/x``, ``a/b/c``) that is no folder, or a
+            repo id the Hub says does not exist.
+    """
+    from dsvsa.model import looks_like_local_path, probe_hub
+
+    source = str(path_or_repo)
+    if Path(source).is_dir():
+        return None
+    if Path(source).exists():
+        raise FileNotFoundError(f"{source} is a file; expected a dataset folder or a Hub id")
+    if looks_like_local_path(source):
+        raise FileNotFoundError(f"no such dataset folder: {source}")
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except ValueError as err:
+        raise FileNotFoundError(
+            f"{source!r} is neither a dataset folder nor a valid Hub id ({err})"
+        ) from None
+    return probe_hub(source, "dataset", revision=revision)
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """``datasets`` and ``huggingface_hub`` in offline mode for the block: only the local cache
+    is read, at once, instead of retrying an unreachable Hub for half a minute."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def _png_column(column) -> np.ndarray:

@@ -989,8 +989,9 @@ class DSpritesVSA(
             "local_files_only": local_files_only,
             "token": token,
         }
+        hub_kwargs, offline_reason = _check_source(model_id, hub_kwargs)
         if config is None:
-            config = _read_config(_resolve_file(model_id, CONFIG_NAME, hub_kwargs))
+            config = _read_config(_resolve_file(model_id, CONFIG_NAME, hub_kwargs, offline_reason))
         elif isinstance(config, dict):
             config = DSpritesVSAConfig.from_dict(config)
         if config_overrides:
@@ -1000,15 +1001,136 @@ class DSpritesVSA(
                 raise ValueError(f"unknown model config key(s) {', '.join(map(repr, unknown))}")
             config = replace(config, **config_overrides)
         model = cls(config=config)
-        weights = _resolve_file(model_id, WEIGHTS_NAME, hub_kwargs)
+        weights = _resolve_file(model_id, WEIGHTS_NAME, hub_kwargs, offline_reason)
         load_weights(model, weights, strict=strict)
         model.to(map_location)
         model.eval()
         return model
 
 
-def _resolve_file(model_id: str, filename: str, hub_kwargs: dict[str, Any]) -> str:
-    """Local path of ``filename`` in a model folder, or downloaded from the Hub repo ``model_id``."""
+class HubUnreachableError(ConnectionError):
+    """The Hub cannot be reached and the repository asked for is not in the local cache."""
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True for names that can only mean a folder: ``./x``, ``/x``, ``~/x``, ``a/b/c``, ``a\\b``.
+
+    A Hub repo id is ``name`` or ``org/name``: one slash at most, never at the start.
+    """
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or (os.sep != "/" and os.sep in name)
+        or name.count("/") > 1
+        or os.path.isabs(name)
+    )
+
+
+def probe_hub(
+    repo_id: str,
+    repo_type: str = "model",
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> str | None:
+    """Ask the Hub once, without retries, whether it serves ``repo_id``.
+
+    Returns:
+        None when the Hub answered for the repository, else why it could not be asked (offline
+        mode, connection refused, timeout, server error): the caller then uses the local cache.
+
+    Raises:
+        FileNotFoundError: the Hub says there is no such repository (or revision), or that it is
+            private or gated for this token.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    kind = repo_type
+    try:
+        HfApi().repo_info(
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            token=token,
+            timeout=constants.HF_HUB_ETAG_TIMEOUT,
+        )
+    except GatedRepoError:
+        raise FileNotFoundError(
+            f"the {kind} repository {repo_id} on {endpoint} is gated: request access on its "
+            "page and log in (`hf auth login` or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{kind} repository {repo_id} not found on the Hub at {endpoint}, and there is no "
+            "folder of that name here (a private repository needs `hf auth login` or HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(
+            f"the {kind} repository {repo_id} on {endpoint} has no revision {revision!r}"
+        ) from None
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        if status in (401, 403):
+            raise FileNotFoundError(
+                f"the Hub at {endpoint} refused access to the {kind} repository {repo_id} "
+                f"(HTTP {status}): log in with `hf auth login` or set HF_TOKEN"
+            ) from None
+        return f"the Hub at {endpoint} answered HTTP {status}"
+    except Exception as err:  # connection refused, DNS failure, timeout, TLS, offline mode
+        return f"the Hub at {endpoint} cannot be reached ({type(err).__name__})"
+    return None
+
+
+def _check_source(model_id: str, hub_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Fail fast on a missing folder; probe the Hub once for a repo id.
+
+    Returns the download arguments (``local_files_only`` once the Hub proved unreachable) and
+    the reason the Hub could not be used, if any.
+    """
+    if os.path.isdir(model_id):
+        return hub_kwargs, None
+    if os.path.exists(model_id):
+        raise CheckpointError(f"{model_id} is a file; expected a model folder or a Hub repo id")
+    if looks_like_local_path(model_id):
+        raise CheckpointError(
+            f"no such model folder: {model_id} (the name is neither an existing model folder nor "
+            "a Hub repo id, so the Hub was not asked)"
+        )
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model_id)
+    except ValueError as e:
+        raise CheckpointError(
+            f"{model_id!r} is neither an existing model folder nor a valid Hub repo id ({e})"
+        ) from None
+    if hub_kwargs.get("local_files_only"):
+        return hub_kwargs, "local_files_only=True"
+    reason = probe_hub(model_id, "model", hub_kwargs.get("revision"), hub_kwargs.get("token"))
+    if reason is None:
+        return hub_kwargs, None
+    if hub_kwargs.get("force_download"):
+        raise HubUnreachableError(
+            f"could not reach the Hub for repo {model_id} ({reason}) and force_download is set"
+        )
+    return {**hub_kwargs, "local_files_only": True}, reason
+
+
+def _resolve_file(
+    model_id: str, filename: str, hub_kwargs: dict[str, Any], offline_reason: str | None = None
+) -> str:
+    """Local path of ``filename`` in a model folder, or downloaded from the Hub repo ``model_id``.
+
+    ``offline_reason`` (from :func:`_check_source`) says why only the local cache is consulted.
+    """
     if os.path.isdir(model_id):
         path = os.path.join(model_id, filename)
         if not os.path.isfile(path):
@@ -1021,10 +1143,30 @@ def _resolve_file(model_id: str, filename: str, hub_kwargs: dict[str, Any]) -> s
         return path
     if os.path.exists(model_id):
         raise CheckpointError(f"{model_id} is a file; expected a model folder or a Hub repo id")
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return hf_hub_download(repo_id=model_id, filename=filename, **hub_kwargs)
+    except LocalEntryNotFoundError:
+        why = [offline_reason] if offline_reason else []
+        if filename != CONFIG_NAME:  # config.json is cached, the weights are not
+            why.append(f"{filename} missing from the cache")
+        else:
+            why.append("no model folder of that name here either")
+        raise HubUnreachableError(
+            f"could not reach the Hub for repo {model_id} and it is not in the local cache"
+            + (f" ({'; '.join(why)})" if why else "")
+        ) from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"model repository {model_id} not found on the Hub at {constants.ENDPOINT}, and there "
+            "is no folder of that name here"
+        ) from None
     except HFValidationError as e:
         raise CheckpointError(
             f"{model_id!r} is neither an existing model folder nor a valid Hub repo id ({e})"

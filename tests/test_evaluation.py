@@ -363,3 +363,89 @@ def test_cli_evaluates_hub_model_on_hub_dataset(tiny_model_dir, hub, hub_repo, t
     assert f"on {data_repo} (test split)" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num"] == 10 and data_repo in metrics["data"]
+
+
+# ---- expected failures and what the report says -------------------------------------------------
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_cli_expected_failures_are_one_line(tiny_model_dir, tmp_path, hub, hub_repo, capsys):
+    from dsvsa.cli import main
+
+    model = str(tiny_model_dir)
+    cases = [
+        (["evaluate", str(tmp_path / "no" / "model")], "no such model folder: "),
+        (["evaluate", "./nope"], "no such model folder: ./nope"),
+        (["evaluate", hub_repo("missing-model")], "not found on the Hub"),
+        (["evaluate", model, "--data", "./nope"], "no such dataset folder: ./nope"),
+        (["evaluate", model, "--data", str(tmp_path / "nodata")], "no such dataset folder"),
+        (["evaluate", model, "--data", hub_repo("missing-data")], "dataset repository"),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--num", "4"]) == 2, argv
+        line = _one_line_error(capsys)
+        assert line.startswith("dsvsa evaluate: error: ") and message in line, (argv, line)
+    assert not (tmp_path / "nodata").exists()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", model, "--num", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --num: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="num must be >= 1"):
+        ev.evaluate(None, num=0)
+
+
+def test_cli_dataset_id_with_hub_unreachable_fails_fast(tiny_model_dir, unreachable_hub):
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dsvsa.cli", "evaluate", str(tiny_model_dir), "--data", "data/nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=unreachable_hub.env,
+    )
+    seconds = time.perf_counter() - start
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        "dsvsa evaluate: error: could not reach the Hub for dataset data/nope and it is not in "
+        "the local cache"
+    ), lines
+    assert seconds < 20, seconds  # not the half minute of retries of a plain load_dataset
+
+
+def test_paired_scenes_only_dataset_lends_singles_pairs_and_two_object_scenes(
+    tmp_path, tiny_model_dir, readout, capsys
+):
+    from dsvsa.cli import main
+    from dsvsa.export import build_config
+
+    out = tmp_path / "data"
+    build_config(out, "paired_scenes", 4, 30, seed=0, progress=False)
+    held = ev.load_held_out(out, num=10, seed=0, prototypes_per_value=1)
+    assert len(held.factors) == 10 and sum(len(p["factors_a"]) for p in held.pairs.values()) == 30
+    assert held.scenes[2]["objects"].shape == (5, 2, 64, 64)
+    assert all(n in held.scenes for n in range(1, 6))
+    assert "config paired_scenes" in held.parts["singles"]
+    assert "config paired_scenes" in held.parts["scene2"]
+    assert "sampler" in held.parts["scenes"] and "sampler" not in held.parts["pairs"]
+    assert any("paired_scenes" in note for note in held.notes), held.notes
+    # the scene objects are the dataset's own: their union is the stored scene
+    sc = held.scenes[2]
+    assert np.array_equal(sc["objects"].max(axis=1), sc["scene"])
+
+    assert main(["evaluate", str(tiny_model_dir), "--data", str(out), "--num", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "data behind each metric group:" in printed
+    assert "reconstruction, exchange, readout" in printed and "config paired_scenes" in printed
+    assert "note: no paired test split" in printed
+    assert "nothing written (pass --out DIR" in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -244,6 +244,41 @@ def test_cli_generate_and_bad_input(tmp_path, capsys):
     assert "neither empty nor a dataset folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"README.md": "# My project\n\nNotes.\n"}, "is not a dsvsa dataset card"),
+        ({"README.md": "---\nlicense: mit\n---\n# A model\n"}, "is not a dsvsa dataset card"),
+        ({"config.json": "{}", "README.md": "# model"}, "holds a model (config.json)"),
+        ({"model.safetensors": "", "data.txt": "x"}, "holds a model (model.safetensors)"),
+    ],
+)
+def test_cli_generate_refuses_folders_it_did_not_write(tmp_path, capsys, files, message):
+    out = tmp_path / "target"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    argv = ["generate", "--config", "paired", "--train", "4", "--test", "2", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "nothing was written" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_text() for p in out.iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no partial folder left
+
+
+def test_cli_generate_extends_its_own_dataset_folder(tmp_path, capsys):
+    out = tmp_path / "data"
+    argv = ["generate", "--train", "4", "--test", "2", "--out", str(out), "--config"]
+    assert main(argv + ["paired"]) == 0
+    assert main(argv + ["scenes"]) == 0  # a dsvsa card: the folder is extended
+    assert {"paired", "scenes"} <= {p.name for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--config", "paired", "--train", "0", "--test", "2", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "argument --train: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def _table(config, split, files):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -416,3 +416,53 @@ def test_push_to_hub_and_load_from_repo(hub, hub_repo, images):
     assert np.array_equal(loaded.reconstruct(images), m.reconstruct(images))
     with pytest.raises(Exception, match="RepositoryNotFound|not found|404"):
         DSpritesVSA.from_pretrained(hub_repo("missing"))
+
+
+# ---- where a model comes from: folder, Hub, cache ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["./nope", "runs/a/b", "/no/such/model", "~/nope"])
+def test_path_like_name_that_does_not_exist_never_asks_the_hub(name, hub, monkeypatch):
+    import dsvsa.model as model_module
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked about a path")
+
+    monkeypatch.setattr(model_module, "probe_hub", no_hub)
+    monkeypatch.setattr(model_module, "hf_hub_download", no_hub)
+    before = len(hub.requests)
+    with pytest.raises(CheckpointError, match=f"^no such model folder: {name} "):
+        DSpritesVSA.from_pretrained(name)
+    assert len(hub.requests) == before
+
+
+def test_unreachable_hub_serves_the_cache_or_fails_at_once(
+    hub, hub_repo, unreachable_hub, images, monkeypatch
+):
+    import time
+
+    from huggingface_hub import constants
+
+    from dsvsa.model import HubUnreachableError
+
+    m = DSpritesVSA(tiny_config())
+    cached = hub_repo("cached-model")
+    m.push_to_hub(cached, token=hub.token)
+    DSpritesVSA.from_pretrained(cached)  # downloaded once: now in the cache
+
+    monkeypatch.setattr(constants, "ENDPOINT", unreachable_hub.endpoint)
+    start = time.perf_counter()
+    loaded = DSpritesVSA.from_pretrained(cached)
+    assert np.array_equal(loaded.reconstruct(images), m.reconstruct(images))
+    with pytest.raises(HubUnreachableError) as err:
+        DSpritesVSA.from_pretrained(hub_repo("never-downloaded"))
+    assert time.perf_counter() - start < 5  # one refused connection, no retry loop
+    message = str(err.value)
+    assert message.startswith("could not reach the Hub for repo dsvsa-tester/never-downloaded")
+    assert "not in the local cache" in message and "\n" not in message
+
+
+def test_missing_hub_repo_is_a_one_line_error(hub, hub_repo):
+    with pytest.raises(FileNotFoundError, match="not found on the Hub") as err:
+        DSpritesVSA.from_pretrained(hub_repo("missing"))
+    assert "\n" not in str(err.value)
