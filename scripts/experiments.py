@@ -14,6 +14,10 @@ same held-out draw and the same metrics for every run. The script is resumable: 
 After every run the markdown report (``--doc``, default docs/experiments.md) is rewritten from
 all metrics found so far; ``docs/experiments_reading.md``, if present, is pasted in as the
 reading of the numbers.
+
+``--code REV`` trains and evaluates with the code and configs of a git revision (extracted with
+``git archive`` into ``OUT/src-REV``) instead of the working tree, so edits made to the working
+tree while the set runs do not change it; each run records the commit it used.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +52,9 @@ JUDGED = {i: "bad" for i in range(1, 14)} | {14: "good", 15: "good", 16: "good"}
 
 logger = logging.getLogger("experiments")
 
+# where configs, training/train.py and the dsvsa package are taken from (see --code)
+CODE = {"root": ROOT, "rev": ""}
+
 
 @dataclass
 class Run:
@@ -60,10 +68,10 @@ def runs() -> list[Run]:
     """The 16 table rows, the beta-VAE baseline and the product objective, in that order."""
     out = []
     for i in range(1, 17):
-        found = sorted((ROOT / TABLE).glob(f"row{i:02d}_*.yaml"))
+        found = sorted((CODE["root"] / TABLE).glob(f"row{i:02d}_*.yaml"))
         if len(found) != 1:
             raise SystemExit(f"expected one config {TABLE}/row{i:02d}_*.yaml, found {len(found)}")
-        path = found[0].relative_to(ROOT)
+        path = found[0].relative_to(CODE["root"])
         out.append(Run(path.stem, str(i), path, JUDGED[i]))
     out.append(Run("betavae", "β-VAE", TABLE / "betavae.yaml", ""))
     out.append(Run("default", "product", PRODUCT, ""))
@@ -85,10 +93,38 @@ def git(*args: str) -> str:
 
 
 def config_commit(path: Path) -> dict[str, Any]:
-    """Last commit touching ``path`` and whether the working copy differs from it."""
-    commit = git("log", "-1", "--format=%H", "--", str(path))
-    dirty = bool(git("status", "--porcelain", "--", str(path)))
-    return {"path": str(path), "commit": commit, "modified": dirty}
+    """Code the run uses and the last commit touching its config ``path`` in that code."""
+    if CODE["rev"]:
+        return {
+            "path": str(path),
+            "commit": git("log", "-1", "--format=%H", CODE["rev"], "--", str(path)),
+            "modified": False,
+            "code": CODE["rev"],
+        }
+    return {
+        "path": str(path),
+        "commit": git("log", "-1", "--format=%H", "--", str(path)),
+        "modified": bool(git("status", "--porcelain", "--", str(path))),
+        "code": "working tree at " + git("rev-parse", "HEAD"),
+    }
+
+
+def extract(rev: str, out: Path) -> tuple[Path, str]:
+    """The tree of git revision ``rev`` under ``out/src-<hash>``; returns (folder, full hash)."""
+    full = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    if not full:
+        raise SystemExit(f"not a git revision: {rev}")
+    dest = out / f"src-{full[:12]}"
+    if not (dest / ".complete").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = out / f"src-{full[:12]}.tar"
+        with archive.open("wb") as fh:
+            subprocess.run(["git", "archive", full], cwd=ROOT, stdout=fh, check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        archive.unlink()
+        (dest / ".complete").write_text(full + "\n")
+    return dest, full
 
 
 def cpu_name() -> str:
@@ -121,6 +157,10 @@ def env_one_thread() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.setdefault("HF_HUB_OFFLINE", "1")  # nothing here talks to the Hub
+    if CODE["rev"]:  # import the extracted package, not the installed one
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(CODE["root"])] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
     return env
 
 
@@ -131,7 +171,7 @@ def run_logged(cmd: list[str], log: Path) -> float:
         fh.write("$ " + shlex.join(cmd) + "\n")
         fh.flush()
         res = subprocess.run(
-            cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env_one_thread()
+            cmd, cwd=CODE["root"], stdout=fh, stderr=subprocess.STDOUT, env=env_one_thread()
         )
     if res.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
@@ -223,7 +263,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def setting(run: Run) -> dict[str, str]:
     """The write-up's columns for a run, read from its config."""
-    cfg = yaml.safe_load((ROOT / run.config).read_text()) or {}
+    cfg = yaml.safe_load((CODE["root"] / run.config).read_text()) or {}
     stages = cfg.get("stages", {"paired": 1.0})
     names = {"paired": "PD", "paired_scenes": "PSD", "scenes": "scenes", "exchange": "exchange"}
     model = " + ".join(names.get(s, s) for s in stages)
@@ -300,6 +340,23 @@ def detail_table(done: list[tuple[Run, dict, dict]]) -> list[str]:
     return lines
 
 
+def code_line(done: list[tuple[Run, dict, dict]], product_cfg: dict) -> str:
+    """Which commits the measured runs used, and the product objective's config commit."""
+    codes: dict[str, list[str]] = {}
+    for run, _m, info in done:
+        code = (info.get("config") or {}).get("code") or "unknown"
+        codes.setdefault(code, []).append(run.label)
+    if len(codes) == 1:
+        parts = [f"every run used commit `{next(iter(codes))}`"]
+    else:
+        parts = [f"rows {', '.join(labels)}: commit `{c}`" for c, labels in codes.items()]
+    pc = product_cfg.get("commit", "")
+    text = "; ".join(parts) + f". The product objective is `{PRODUCT}` as of commit `{pc}`"
+    if product_cfg.get("modified"):
+        text += " (with uncommitted changes at training time)"
+    return text + "; each run's resolved config is `training_config.json` in its folder."
+
+
 def write_doc(args: argparse.Namespace, all_runs: list[Run], started: str) -> None:
     done: list[tuple[Run, dict, dict]] = []
     for run in all_runs:
@@ -309,7 +366,6 @@ def write_doc(args: argparse.Namespace, all_runs: list[Run], started: str) -> No
     baseline = done[0][1] if done else None
     product = read_json(args.out / "default.run.json")
     product_cfg = (product or {}).get("config") or config_commit(PRODUCT)
-    head = git("rev-parse", "HEAD")
     missing = [r.label for r in all_runs if r.name not in {d[0].name for d in done}]
     train_s = sum(d[2].get("train_wall_s", 0.0) for d in done)
     eval_s = sum(d[2].get("eval_wall_s", 0.0) for d in done)
@@ -341,10 +397,7 @@ def write_doc(args: argparse.Namespace, all_runs: list[Run], started: str) -> No
         "  training run and other jobs; every run here used one torch thread",
         "  (`--num_cpu_threads_per_process 1`). Wall times below are therefore noisy upper",
         "  bounds, not speeds.",
-        f"- Code: repository commit `{head[:12] or 'unknown'}` when the report was last written;",
-        f"  the product objective is `{PRODUCT}` at commit `{product_cfg.get('commit', '')[:12]}`"
-        + (" (with uncommitted changes at training time)" if product_cfg.get("modified") else "")
-        + "; its resolved config is `training_config.json` in its run folder.",
+        "- Code: " + code_line(done, product_cfg),
         f"- Started {started}; {len(done)} of {len(all_runs)} runs measured; "
         f"{train_s / 60:.1f} min of training and {eval_s / 60:.1f} min of evaluation so far.",
         "",
@@ -422,10 +475,14 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=Path("docs/experiments.md"))
     parser.add_argument("--only", nargs="*", help="run names (folder names) to run")
     parser.add_argument("--report-only", action="store_true", help="rewrite the doc and stop")
+    parser.add_argument("--code", help="git revision whose code and configs to use")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not args.out.is_absolute():
         args.out = ROOT / args.out
+    if args.code:
+        CODE["root"], CODE["rev"] = extract(args.code, args.out)
+        logger.info("code and configs of commit %s (%s)", CODE["rev"], CODE["root"])
 
     all_runs = runs()
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
