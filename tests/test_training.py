@@ -153,7 +153,7 @@ def test_config_round_trips_through_json_and_overrides(tmp_path):
 
 def test_shipped_configs_are_valid():
     paths = sorted((ROOT / "training" / "configs").rglob("*.yaml"))
-    rows = sorted(p.name for p in (ROOT / "training" / "configs" / "table").glob("*.yaml"))
+    rows = sorted(p.name for p in (ROOT / "training" / "configs" / "table").glob("row*.yaml"))
     assert len(rows) == 16 and rows[0].startswith("row01_pd_mse_sum_kl1_cos0")
     assert rows[-1].startswith("row16_psd_bce_sum_kl0.01_cos1")
     for path in paths:
@@ -367,6 +367,104 @@ def test_resume_replays_the_uninterrupted_run(tmp_path, capsys):
     assert rc == 2 and "model.safetensors" in err and "encoder.fc1" in err, err
 
 
+def _signal_at(monkeypatch, step: int, *signals: int) -> None:
+    """Send ``signals`` to this process once the losses of ``step`` are written."""
+    import signal as _signal
+
+    original = train_script.append_jsonl
+
+    def append(path, record):
+        original(path, record)
+        if path.name == "losses.jsonl" and record["step"] == step:
+            for sig in signals or (_signal.SIGTERM,):
+                os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(train_script, "append_jsonl", append)
+
+
+def test_signal_checkpoints_the_last_step_and_resume_replays_the_run(tmp_path, capsys, monkeypatch):
+    import signal
+
+    config = tiny_config(
+        tmp_path, max_steps=5, checkpoint_interval=100, eval_interval=0, log_with=None
+    )
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert run_main(["--config", config, "--output-dir", full], capsys)[0] == 0
+
+    with monkeypatch.context() as m:
+        _signal_at(m, 2, signal.SIGTERM)
+        rc, err = run_main(["--config", config, "--output-dir", split], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    line = next(x for x in err.splitlines() if x.startswith("train.py: stopped"))
+    assert "stopped (SIGTERM) after step 2 of 5" in line and "checkpoints/step_2" in line
+    assert line.endswith(f"train.py --config {config} --output-dir {split} --resume"), line
+    assert [p.name for p in train_script.checkpoint_dirs(split)] == ["step_2"]
+    assert not (split / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
+
+    # a changed config lists exactly the keys that differ
+    rc, err = run_main(
+        ["--config", config, "--output-dir", split, "--resume", "--set", "kl_coef=0.5"]
+        + ["--set", "model.enc_hidden=24"],
+        capsys,
+    )
+    assert rc == 2 and "'kl_coef' is 0.5 here" in err and "'model.enc_hidden' is 24 here" in err
+    assert "latent_dim" not in err and "batch_size" not in err, err
+
+    assert run_main(["--config", config, "--output-dir", split, "--resume"], capsys)[0] == 0
+    assert read_losses(split) == read_losses(full)  # the same run as without the signal
+
+    # a second signal stops at once, without a checkpoint, and says so in one line (one that
+    # follows at once is the same interruption passed on by a launcher, and is ignored)
+    again = tmp_path / "again"
+    with monkeypatch.context() as m:
+        m.setattr(train_script.StopRequests, "REPEAT_S", 0.0)
+        _signal_at(m, 3, signal.SIGINT, signal.SIGINT)
+        rc, err = run_main(["--config", config, "--output-dir", again], capsys)
+    assert rc == 130 and "Traceback" not in err and "train.py: interrupted" in err, err
+    assert train_script.checkpoint_dirs(again) == []
+    forwarded = tmp_path / "forwarded"
+    with monkeypatch.context() as m:
+        _signal_at(m, 2, signal.SIGINT, signal.SIGINT)
+        rc, err = run_main(["--config", config, "--output-dir", forwarded], capsys)
+    assert rc == 0 and "stopped (SIGINT) after step 2 of 5" in err, err
+    assert [p.name for p in train_script.checkpoint_dirs(forwarded)] == ["step_2"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_without_checkpoint_and_bad_step_counts(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    rc, err = run_main(["--config", config, "--output-dir", tmp_path / "none", "--resume"], capsys)
+    assert rc == 2 and "no run to resume" in err and "without --resume" in err, err
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "losses.jsonl").write_text("")
+    rc, err = run_main(["--config", config, "--output-dir", used, "--resume"], capsys)
+    assert rc == 2 and "no checkpoint found" in err and "--overwrite" in err, err
+
+    for option in ("--max-steps", "--stop-at"):
+        with pytest.raises(SystemExit) as exit_info:
+            train_script.main(["--config", str(config), option, "0"])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "kl_coeff=0.1"], "--set kl_coeff=0.1: unknown training config key 'kl_coeff'"),
+        (["--kl-coeff", "0.1"], "--kl-coeff 0.1: unknown training config key 'kl_coeff'"),
+        (["--set", "model.latent=8"], "--set model.latent=8: unknown model config key 'latent'"),
+        (["--set", "lr=abc"], "(set on the command line by --set lr=abc)"),
+    ],
+)
+def test_override_errors_name_the_command_line(tmp_path, capsys, argv, message):
+    rc, err = run_main(["--config", tiny_config(tmp_path), *argv], capsys)
+    assert rc == 2 and message in err, err
+    if "kl_coeff" in message:
+        assert "(from the command line; did you mean 'kl_coef'?)" in err
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -467,7 +565,13 @@ def test_launch_cpu_smoke_run_of_every_stage(tmp_path):
     assert resolved.to_dict() == json.loads((run / "training_config.json").read_text())
 
     card = (run / "README.md").read_text()
-    assert "accelerate launch --cpu training/train.py --config" in card
+    # the command as typed (python -m accelerate.commands.launch is `accelerate launch`), with
+    # the absolute script path made relative to the working directory
+    assert "accelerate launch --cpu --num_processes 1 training/train.py --config" in card
+    # the model as configured, in plain words (no internal jargon)
+    words = " ".join(card.replace("**", "").split())
+    assert "bound (multiplied element-wise) to a fixed random role vector" in words
+    assert "codebook bottleneck" in words and "DESIGN" not in card
     assert '"latent_dim": 32' in card
     assert "{{" not in card
 
@@ -513,7 +617,9 @@ def test_two_process_gloo_run_pushes_model_and_dataset(tmp_path, hub, hub_env, h
         assert name in files, sorted(files)
     assert not any(name.startswith("checkpoints/") for name in files)
     card = files["README.md"].decode()
-    assert "accelerate launch --config_file training/accelerate_cpu2.yaml training/train.py" in card
+    launcher = "accelerate launch --config_file training/accelerate_cpu2.yaml --main_process_port"
+    assert launcher in card
+    assert " training/train.py --config " in card
     assert f"datasets:\n- {data_repo}" in card
     assert files["model.safetensors"] == (run / "model.safetensors").read_bytes()
     assert len(hub.commits(model_repo)) >= 1
@@ -533,3 +639,48 @@ def test_two_process_gloo_run_pushes_model_and_dataset(tmp_path, hub, hub_env, h
     again = tiny_config(tmp_path, "hub_data", data=data_repo, max_steps=1, log_with=None)
     assert train_script.main(["--config", str(again)]) == 0
     assert len(read_losses(Path(TrainConfig.from_file(again).output_dir))) == 1
+
+
+def test_ctrl_c_in_a_launched_run_checkpoints_and_resume_continues(tmp_path):
+    """SIGINT to the training process of `accelerate launch`: checkpoint, one line, exit 0."""
+    import signal
+    import time
+
+    config = tiny_config(tmp_path, max_steps=2000, checkpoint_interval=1000, eval_interval=0)
+    run = tmp_path / "launched"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    cmd += [str(TRAIN_PY), "--config", str(config), "--output-dir", str(run), "--set"]
+    cmd += ["log_with=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        losses = run / "losses.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if losses.exists() and len(losses.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        if not children.exists():
+            pytest.skip("cannot find the training process under the launcher (no /proc)")
+        os.kill(int(children.read_text().split()[0]), signal.SIGINT)  # what Ctrl-C sends it
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    stopped = [x for x in err.splitlines() if x.startswith("train.py: stopped (SIGINT)")]
+    assert len(stopped) == 1, err[-3000:]
+    (saved,) = train_script.checkpoint_dirs(run)
+    step = int(saved.name[5:])
+    assert [r["step"] for r in read_losses(run)] == list(range(1, step + 1))
+    assert "accelerate launch --cpu --num_processes 1 training/train.py" in stopped[0]
+    assert stopped[0].endswith("--resume")
+
+    before = read_losses(run)
+    argv = ["--config", config, "--output-dir", run, "--resume", "--max-steps", step + 2]
+    assert train_script.main([str(a) for a in argv + ["--set", "log_with=null"]]) == 0
+    after = read_losses(run)
+    assert [r["step"] for r in after] == list(range(1, step + 3)) and after[:step] == before
