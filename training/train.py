@@ -12,6 +12,9 @@ Options: --output-dir DIR, --resume (continue from the last checkpoint in DIR), 
 --push-dataset-to-hub ORG/NAME (the data the run trained on, as its dataset config), and
 overrides of any config key: --set kl_coef=0.1 --set model.latent_dim=512, or --kl-coef 0.1.
 
+Ctrl-C (SIGINT) or SIGTERM: the step in progress finishes, its checkpoint is written and the run
+stops with a line saying how to continue it (--resume). A second Ctrl-C stops at once.
+
 A run writes into its output dir: config.json and model.safetensors (save_pretrained),
 training_config.json (the resolved config; a run repeats from it with --config), README.md (the
 model card rendered from model_card.md), losses.jsonl and eval.jsonl (one line per step / eval),
