@@ -6,7 +6,10 @@ Every function returns a mode-"L" or "RGB" PIL image; pixels of the dSprites ima
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -158,3 +161,58 @@ def heatmap(
             ink = (255, 255, 255) if not np.isnan(value) and value > 0.55 else TEXT
             draw.text((x0 + (cell - w) // 2, y0 + (cell - h) // 2), text, fill=ink, font=font)
     return canvas
+
+
+def training_curves(
+    losses_jsonl: str | Path,
+    out_png: str | Path,
+    keys: tuple[str, ...] = ("recon", "classify", "kld"),
+    width: int = 640,
+    height: int = 360,
+) -> Path | None:
+    """Plot per-step training losses (log scale, smoothed) from a run's ``losses.jsonl``.
+
+    Returns the written path, or None when the file has no usable rows.
+    """
+    rows = []
+    for line in Path(losses_jsonl).read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    keys = tuple(k for k in keys if any(float(r.get(k, 0) or 0) > 0 for r in rows))
+    if not rows or not keys:
+        return None
+    steps = np.array([r["step"] for r in rows], dtype=np.float64)
+    font = _font()
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 60, width - 130, 20, height - 40
+    series = {}
+    for k in keys:
+        v = np.array([max(float(r.get(k, 0) or 0), 1e-6) for r in rows])
+        win = max(1, len(v) // 100)
+        series[k] = np.convolve(v, np.ones(win) / win, mode="valid"), steps[win - 1 :]
+    lo = min(np.log10(s.min()) for s, _ in series.values())
+    hi = max(np.log10(s.max()) for s, _ in series.values())
+    lo, hi = np.floor(lo), np.ceil(hi) if hi > lo else np.floor(lo) + 1
+
+    def xy(step, value):
+        x = left + (right - left) * (step - steps[0]) / max(steps[-1] - steps[0], 1)
+        y = bottom - (bottom - top) * (np.log10(value) - lo) / (hi - lo)
+        return float(x), float(y)
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for e in range(int(lo), int(hi) + 1):
+        _, y = xy(steps[0], 10.0**e)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((5, y - 6), f"1e{e}", fill="black", font=font)
+    draw.text((left, bottom + 8), f"step {int(steps[0])}", fill="black", font=font)
+    draw.text((right - 70, bottom + 8), f"step {int(steps[-1])}", fill="black", font=font)
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    for i, (k, (s, st)) in enumerate(series.items()):
+        every = max(1, len(s) // 600)
+        pts = [xy(a, b) for a, b in zip(st[::every], s[::every], strict=True)]
+        draw.line(pts, fill=colours[i % 4], width=2)
+        draw.text((right + 10, top + 16 * i), k, fill=colours[i % 4], font=font)
+    out = Path(out_png)
+    img.save(out)
+    return out
