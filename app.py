@@ -1103,8 +1103,29 @@ def _kwargs(panel: ObjectPanel, suffix: str) -> dict[str, gr.Component]:
     return out
 
 
+_NOT_UPLOADED = "A file must be uploaded to this server before it is used."
+
+
+def _served_file(item):
+    """An image value from an API caller: a path is accepted only inside Gradio's upload cache
+    (or this app's own output folder), so that a payload naming any other server file reads
+    nothing; whether such a file exists is not revealed."""
+    value = _file_path(item)
+    if isinstance(value, (str, Path)):
+        try:
+            path = Path(value).resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise _fail(_NOT_UPLOADED) from None
+        roots = [Path(gr.utils.get_upload_folder()), _PNG_DIR]
+        if not any(path.is_relative_to(root.resolve()) for root in roots):
+            raise _fail(_NOT_UPLOADED)
+        return path
+    return value
+
+
 def _panel_values(kw: dict, suffix: str) -> tuple[Any, list]:
-    return _file_path(kw.get(f"image_{suffix}")), [kw[f"{name}_{suffix}"] for name in FACTOR_NAMES]
+    image = _served_file(kw.get(f"image_{suffix}"))
+    return image, [kw[f"{name}_{suffix}"] for name in FACTOR_NAMES]
 
 
 def _transfer_event(**kw):
@@ -1116,7 +1137,7 @@ def _transfer_event(**kw):
 def _compose_event(objects, uploads=None):
     if isinstance(uploads, dict):  # a single file sent where a list is expected
         uploads = [uploads]
-    return _as_files(compose(objects, [_file_path(u) for u in uploads or []]))
+    return _as_files(compose(objects, [_served_file(u) for u in uploads or []]))
 
 
 def _mix_event(**kw):
@@ -1192,7 +1213,7 @@ def _reject_malformed_payloads(demo: gr.Blocks) -> None:
                 f"An input has the wrong type for this endpoint{where}: {first.get('msg', err)}."
             ) from None
         except InvalidPathError:
-            raise _fail("A file must be uploaded to this server before it is used.") from None
+            raise _fail(_NOT_UPLOADED) from None
 
     demo.preprocess_data = preprocess_data
 

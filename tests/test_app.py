@@ -685,3 +685,25 @@ def test_app_starts_offline_with_the_bundled_weights(unreachable_hub, tiny_dir):
         assert "Ground truth" in c.predict(feature="pos_y", api_name="/transfer")[4]
     finally:
         stop(proc)
+
+
+def test_image_paths_outside_the_upload_cache_are_refused(server, tmp_path):
+    # a FileData without meta is not checked by Gradio: the app must refuse any server path
+    Image.fromarray(render(np.array(A))[0] * 255).save(tmp_path / "real.png")
+    paths = [
+        str(tmp_path / "real.png"),
+        str(tmp_path / "missing.png"),
+        str(ROOT / "app.py"),
+        os.path.join(gr.utils.get_upload_folder(), "..", "..", str(tmp_path / "real.png")),
+    ]
+    for p in paths:
+        answers = [
+            rest_call(server, "transfer", [{"path": p}, *A, None, *B, "shape"]),
+            rest_call(server, "query", [{"path": p}, *A, None, *B, 1, "shape"]),
+        ]
+        for answer in answers:
+            assert "must be uploaded to this server" in answer, answer
+            assert "no file at" not in answer and "not an image" not in answer
+        table = {"headers": list(FACTOR_NAMES), "data": []}
+        answer = rest_call(server, "compose", [table, [{"path": p}]])
+        assert answer.startswith("event: error") and "no file at" not in answer
