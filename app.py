@@ -1052,8 +1052,10 @@ def object_panel(
     """Image + sliders. Slider labels end in ``tag`` so every label on the page is unique (the
     examples table keys its columns by label)."""
     default = tuple(int(x) for x in default)
+    # no initial value: an API caller who omits the image gets None, so the object follows the
+    # sliders (a default picture would be taken as an upload); the page fills it in on load
     image = gr.Image(
-        value=to_display(_render(default)[0]),
+        value=None,
         label=label,
         type="filepath",
         format="png",
@@ -1086,6 +1088,18 @@ def object_panel(
             queue=False,
             show_progress="hidden",
             trigger_mode="always_last",
+            preprocess=False,
+        )
+    from gradio.context import Context
+
+    if Context.root_block is not None:
+        Context.root_block.load(
+            _preview,
+            inputs=sliders,
+            outputs=image,
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
             preprocess=False,
         )
     random_btn.click(_random_factors, outputs=sliders, api_visibility="private", queue=False)
@@ -1128,7 +1142,10 @@ def _panel_values(kw: dict, suffix: str) -> tuple[Any, list]:
     return image, [kw[f"{name}_{suffix}"] for name in FACTOR_NAMES]
 
 
-def _transfer_event(**kw):
+# The image parameters default to None so that API callers may leave them out (the object is
+# then drawn from its sliders): Gradio's API info marks a parameter optional this way.
+def _transfer_event(image_a=None, image_b=None, **kw):
+    kw.update(image_a=image_a, image_b=image_b)
     image_a, fa = _panel_values(kw, "a")
     image_b, fb = _panel_values(kw, "b")
     return _as_files(transfer(image_a, image_b, kw["feature"], fa, fb))
@@ -1140,19 +1157,22 @@ def _compose_event(objects, uploads=None):
     return _as_files(compose(objects, [_served_file(u) for u in uploads or []]))
 
 
-def _mix_event(**kw):
+def _mix_event(image_1=None, image_2=None, image_3=None, image_4=None, image_5=None, **kw):
+    kw.update(image_1=image_1, image_2=image_2, image_3=image_3, image_4=image_4, image_5=image_5)
     values = [_panel_values(kw, str(i + 1)) for i in range(5)]
     return _as_files(mix([v[0] for v in values], [v[1] for v in values]))
 
 
-def _edit_event(**kw):
+def _edit_event(image_1=None, image_2=None, **kw):
+    kw.update(image_1=image_1, image_2=image_2)
     v1, v2 = _panel_values(kw, "1"), _panel_values(kw, "2")
     return _as_files(
         edit([v1[0], v2[0]], [v1[1], v2[1]], kw["object"], kw["feature"], kw["source"], kw["value"])
     )
 
 
-def _query_event(**kw):
+def _query_event(image_1=None, image_2=None, **kw):
+    kw.update(image_1=image_1, image_2=image_2)
     v1, v2 = _panel_values(kw, "1"), _panel_values(kw, "2")
     return query([v1[0], v2[0]], [v1[1], v2[1]], kw["object"], kw["feature"])
 

@@ -707,3 +707,15 @@ def test_image_paths_outside_the_upload_cache_are_refused(server, tmp_path):
         table = {"headers": list(FACTOR_NAMES), "data": []}
         answer = rest_call(server, "compose", [table, [{"path": p}]])
         assert answer.startswith("event: error") and "no file at" not in answer
+
+
+def test_omitted_images_follow_the_sliders(client, loaded):
+    # an API caller who leaves the images out gets the objects of the sliders it sent
+    out = client.predict(
+        shape_a=0, scale_a=1, shape_b=1, pos_x_b=3, feature="scale", api_name="/transfer"
+    )
+    assert "Ground truth" in out[4]
+    fa = [0, 1, *app.DEFAULT_OBJECTS["a"][2:]]
+    fb = [1, *app.DEFAULT_OBJECTS["b"][1:3], 3, app.DEFAULT_OBJECTS["b"][4]]
+    want = app.transfer(None, None, "scale", fa, fb)
+    np.testing.assert_array_equal(png(out[0]), want[0])
