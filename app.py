@@ -1004,7 +1004,9 @@ def _png_file(pixels: np.ndarray) -> str:
     Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buf, "PNG")
     data = buf.getvalue()
     path = _PNG_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
-    if not path.exists():
+    try:
+        os.utime(path)  # reused: fresh again, so the pruning below keeps it
+    except FileNotFoundError:
         _PNG_DIR.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,23 @@ class UploadError(ValueError):
     """An upload that cannot be turned into an object image; the message is meant for the user."""
 
 
+def _too_large(size: str) -> UploadError:
+    return UploadError(
+        f"the image is {size} pixels; at most {MAX_PIXELS // 1_000_000} megapixels are accepted"
+    )
+
+
 def _open(source) -> Image.Image:
     """Open a path, bytes, PIL image or array as a PIL image without decoding huge pictures."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return _open_unchecked(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_large("very many") from None
+
+
+def _open_unchecked(source) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, (str, Path)):
@@ -89,6 +105,13 @@ def _array_to_pil(arr: np.ndarray) -> tuple[Image.Image | None, np.ndarray | Non
 def _flatten_alpha(img: Image.Image, notes: list[str]) -> np.ndarray:
     """Composite on black and return greyscale (H, W) uint8; keep dark shapes on transparency."""
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if not has_alpha and img.mode.startswith("I"):
+        # 16-bit (or 32-bit integer) greyscale: scale 0..65535 to 0..255 rather than clipping
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or arr.max() > 255:
+            arr = arr / 257.0
+            notes.append(f"scaled from 16-bit ({img.mode}) to 8-bit greyscale")
+        return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     if not has_alpha:
         if img.mode != "L":
             notes.append(f"converted from {img.mode} to greyscale")
@@ -117,21 +140,24 @@ def _flatten_alpha(img: Image.Image, notes: list[str]) -> np.ndarray:
 
 
 def _fit(grey: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Pad to a square with black, then resize to 64x64 (area averaging when shrinking)."""
+    """Fit into 64x64: scale the longest side to 64 (area averaging when shrinking), then pad the
+    short side with black. Scaling comes first so that a long thin picture is never padded to a
+    huge square in memory."""
     h, w = grey.shape
+    side = max(h, w)
     if h != w:
-        side = max(h, w)
-        square = np.zeros((side, side), dtype=np.uint8)
-        top, left = (side - h) // 2, (side - w) // 2
-        square[top : top + h, left : left + w] = grey
         notes.append(f"padded from {w}x{h} to {side}x{side} with black")
-        grey = square
-    side = grey.shape[0]
     if side != SIZE:
+        nw, nh = max(1, round(w * SIZE / side)), max(1, round(h * SIZE / side))
         resample = Image.Resampling.BOX if side > SIZE else Image.Resampling.NEAREST
-        img = Image.fromarray(grey).resize((SIZE, SIZE), resample=resample)
-        grey = np.asarray(img, dtype=np.uint8)
+        grey = np.asarray(Image.fromarray(grey).resize((nw, nh), resample=resample), np.uint8)
         notes.append(f"resized from {side}x{side} to {SIZE}x{SIZE}")
+    h, w = grey.shape
+    if (h, w) != (SIZE, SIZE):
+        square = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        top, left = (SIZE - h) // 2, (SIZE - w) // 2
+        square[top : top + h, left : left + w] = grey
+        grey = square
     return grey
 
 
@@ -166,9 +192,7 @@ def prepare_upload(image) -> tuple[np.ndarray, list[str]]:
 
     w, h = pil.size
     if w * h > MAX_PIXELS:
-        raise UploadError(
-            f"the image is {w}x{h} pixels; at most {MAX_PIXELS // 1_000_000} megapixels are accepted"
-        )
+        raise _too_large(f"{w}x{h}")
     if min(w, h) < MIN_SIDE:
         raise UploadError(
             f"the image is {w}x{h} pixels, too small to hold an object (at least "

@@ -719,3 +719,38 @@ def test_omitted_images_follow_the_sliders(client, loaded):
     fb = [1, *app.DEFAULT_OBJECTS["b"][1:3], 3, app.DEFAULT_OBJECTS["b"][4]]
     want = app.transfer(None, None, "scale", fa, fb)
     np.testing.assert_array_equal(png(out[0]), want[0])
+
+
+def test_long_thin_pictures_are_scaled_before_padding(monkeypatch):
+    # a 20000x40 strip would be a 400 MB square if padded first
+    strip = np.full((40, 20000), 255, np.uint8)
+    pixels, notes = prepare_upload(strip)
+    assert pixels.shape == (64, 64)
+    assert "padded from 20000x40 to 20000x20000 with black" in notes
+
+
+def test_sixteen_bit_pngs_are_scaled_not_clipped(tmp_path):
+    arr = np.zeros((64, 64), np.uint16)
+    arr[16:48, 16:48] = 40000  # ~155/255: foreground once scaled
+    arr[0:8, 0:8] = 20000  # ~78/255: background once scaled (clipping would make it white)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    pixels, notes = prepare_upload(tmp_path / "deep.png")
+    assert pixels[16:48, 16:48].all() and not pixels[0:8, 0:8].any()
+    assert any("16-bit" in n for n in notes)
+
+
+def test_decompression_bombs_get_the_size_message(tmp_path):
+    Image.new("1", (15000, 15000)).save(tmp_path / "bomb.png")  # 225 megapixels, a tiny file
+    with pytest.raises(UploadError, match="at most 25 megapixels"):
+        prepare_upload(tmp_path / "bomb.png")
+
+
+def test_reused_output_files_are_refreshed(monkeypatch):
+    pixels = np.zeros((64, 64), np.uint8)
+    path = Path(app._png_file(pixels))
+    old = time.time() - app._PNG_MAX_AGE - 60
+    os.utime(path, (old, old))
+    monkeypatch.setattr(app, "_last_prune", [0.0])  # the next call prunes
+    again = Path(app._png_file(pixels))
+    assert again == path and path.exists()
+    assert time.time() - path.stat().st_mtime < 60
