@@ -60,6 +60,7 @@ DEFAULT_DATASET = "dsvsa/dsprites-vsa"  # the Hub dataset repo of the three deri
 BUNDLED_MODEL = ROOT / "models" / "dsvsa-default"
 HUB_TIMEOUT = 3.0  # seconds the Hub gets to answer before the app falls back
 MAX_FILE_SIZE = "5mb"  # largest upload the server accepts
+MAX_FILE_SIZE_BYTES = 5 * 1024 * 1024  # the same limit, for inline (data URL) images
 MAX_OBJECTS = 5
 NUM_EXAMPLES = 6
 EXAMPLE_SEED = 0
@@ -697,6 +698,9 @@ def _file_path(item):
         if not item.get("path") and url.startswith("data:"):  # an inline base64 image
             import base64
 
+            payload = url.split(",", 1)[-1]
+            if len(payload) * 3 // 4 > MAX_FILE_SIZE_BYTES:
+                raise _fail(f"an inline image is over the {MAX_FILE_SIZE} upload limit.")
             try:
                 return base64.b64decode(url.split(",", 1)[1])
             except (IndexError, ValueError):

@@ -754,3 +754,9 @@ def test_reused_output_files_are_refreshed(monkeypatch):
     again = Path(app._png_file(pixels))
     assert again == path and path.exists()
     assert time.time() - path.stat().st_mtime < 60
+
+
+def test_inline_images_over_the_limit_are_refused_before_decoding():
+    big = {"url": "data:image/png;base64," + "A" * (8 * 1024 * 1024)}
+    with pytest.raises(gr.Error, match="over the 5mb upload limit"):
+        app._file_path(big)
