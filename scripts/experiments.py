@@ -345,11 +345,15 @@ def code_line(done: list[tuple[Run, dict, dict]], product_cfg: dict) -> str:
     codes: dict[str, list[str]] = {}
     for run, _m, info in done:
         code = (info.get("config") or {}).get("code") or "unknown"
+        if code.startswith("working tree at "):
+            code = f"the working tree at commit `{code.removeprefix('working tree at ')}`"
+        else:
+            code = f"commit `{code}`"
         codes.setdefault(code, []).append(run.label)
     if len(codes) == 1:
-        parts = [f"every run used commit `{next(iter(codes))}`"]
+        parts = [f"every run used {next(iter(codes))}"]
     else:
-        parts = [f"rows {', '.join(labels)}: commit `{c}`" for c, labels in codes.items()]
+        parts = [f"runs {', '.join(labels)}: {c}" for c, labels in codes.items()]
     pc = product_cfg.get("commit", "")
     text = "; ".join(parts) + f". The product objective is `{PRODUCT}` as of commit `{pc}`"
     if product_cfg.get("modified"):
