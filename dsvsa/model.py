@@ -6,6 +6,12 @@ vector is the sum of its slots, each bound to a fixed feature role of the item m
 vector is the sum of its objects, each bound to an object role. The decoder (2 linear + 4
 transposed-conv layers) turns one such vector into logits of a 64x64 image.
 
+With ``slot_bottleneck: codebook`` the encoder instead predicts, for every factor, logits over that
+factor's values; slot k is the softmax mixture of fixed random code vectors of factor k's values
+(``SlotCodebook``, stored in the weights), and in eval mode the code of the most likely value. A
+slot then holds its own factor only, so taking it from any other image changes exactly that
+factor, and scenes can be queried against the code rows (``prototypes``).
+
 Loaded with :meth:`DSpritesVSA.from_pretrained`, the model is in eval mode and every inference
 helper (``latent``, ``reconstruct``, ``transfer``, ``mix``, ``compose``, ``edit``) uses the
 posterior mean, so the same input always gives the same picture.

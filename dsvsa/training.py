@@ -113,6 +113,7 @@ class TrainConfig:
     scene_max_objects: int = 5
     # codebook models (model.slot_bottleneck: codebook)
     classify_coef: float = 0.0  # classification of the encoder's per-feature logits
+    classify_orientation: str = "set"  # set (any symmetry-equivalent class) | exact
     codebook_scene_batch: int = 32  # teacher-forced bound scenes per step in "codebook"
     codebook_direct_weight: float = 0.0  # "codebook": also reconstruct through the encoder
 
@@ -184,6 +185,7 @@ class TrainConfig:
         "scene_min_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
         "scene_max_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
         "classify_coef": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "classify_orientation": (lambda v: v in ("set", "exact"), "'set' or 'exact'"),
         "codebook_scene_batch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "codebook_direct_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -866,6 +868,7 @@ def _kld(
 
 def codebook_kl(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Sum over factors of KL(softmax(logits_k / T) || uniform), mean over images: (B, 113)."""
+    logits = logits.float()
     total = logits.new_zeros(())
     for lk in torch.split(logits, list(FACTOR_SIZES), dim=-1):
         logp = F.log_softmax(lk / temperature, dim=-1)
@@ -874,23 +877,33 @@ def codebook_kl(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def classification_loss(
-    logits: torch.Tensor, factors: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor,
+    factors: torch.Tensor,
+    temperature: float = 1.0,
+    orientation: str = "set",
 ) -> torch.Tensor:
     """Negative log-likelihood of the true classes, summed over factors, mean over images.
-
-    Orientation counts every class that looks the same for the object's shape (a square at
-    theta is a square at theta + pi/2): the target is the log of their summed probability.
 
     Args:
         logits: (B, 113) per-feature logits of a codebook model.
         factors: (B, 5) int64 true classes.
+        temperature: softmax temperature of the codebook slots.
+        orientation: "set": every class that looks the same for the object's shape counts (a
+            square at theta is a square at theta + pi/2; the target is the log of their summed
+            probability); "exact": the true class, as for the other factors, except that 0 and
+            2 pi (classes 0 and 39, the same angle) count as one.
     """
+    logits = logits.float()  # bf16 under autocast; the loss in float32
     parts = torch.split(logits, list(FACTOR_SIZES), dim=-1)
     total = logits.new_zeros(())
     for k, lk in enumerate(parts):
         logp = F.log_softmax(lk / temperature, dim=-1)
         if k == 2:
-            allowed = _orientation_table(logits.device)[factors[:, 0], factors[:, 2]]  # (B, 40)
+            if orientation == "set":
+                allowed = _orientation_table(logits.device)[factors[:, 0], factors[:, 2]]
+            else:
+                allowed = F.one_hot(factors[:, 2], lk.shape[-1]).bool()  # (B, 40)
+                allowed[:, [0, -1]] |= allowed[:, [-1, 0]]  # 0 and 2 pi are the same angle
             nll = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=-1)
         else:
             nll = -logp.gather(-1, factors[:, k : k + 1]).squeeze(-1)
@@ -903,7 +916,8 @@ def _classify(
 ) -> torch.Tensor | None:
     if logits is None or cfg.classify_coef == 0:
         return None
-    return classification_loss(logits, factors, model.config.codebook_temperature)
+    temperature = model.config.codebook_temperature
+    return classification_loss(logits, factors, temperature, cfg.classify_orientation)
 
 
 def _image(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
