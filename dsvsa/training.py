@@ -113,7 +113,8 @@ class TrainConfig:
     scene_max_objects: int = 5
     # codebook models (model.slot_bottleneck: codebook)
     classify_coef: float = 0.0  # classification of the encoder's per-feature logits
-    classify_orientation: str = "set"  # set (any symmetry-equivalent class) | exact
+    # orientation target: weight of the exact class against any symmetry-equivalent one (0..1)
+    classify_exact_orientation: float = 0.0
     codebook_scene_batch: int = 32  # teacher-forced bound scenes per step in "codebook"
     codebook_direct_weight: float = 0.0  # "codebook": also reconstruct through the encoder
 
@@ -185,7 +186,10 @@ class TrainConfig:
         "scene_min_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
         "scene_max_objects": (lambda v: _is_int(v) and 1 <= v <= 5, "an integer in 1..5"),
         "classify_coef": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "classify_orientation": (lambda v: v in ("set", "exact"), "'set' or 'exact'"),
+        "classify_exact_orientation": (
+            lambda v: _is_number(v) and 0 <= v <= 1,
+            "a number in [0, 1]",
+        ),
         "codebook_scene_batch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "codebook_direct_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
         "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -880,7 +884,7 @@ def classification_loss(
     logits: torch.Tensor,
     factors: torch.Tensor,
     temperature: float = 1.0,
-    orientation: str = "set",
+    exact_orientation: float = 0.0,
 ) -> torch.Tensor:
     """Negative log-likelihood of the true classes, summed over factors, mean over images.
 
@@ -888,10 +892,13 @@ def classification_loss(
         logits: (B, 113) per-feature logits of a codebook model.
         factors: (B, 5) int64 true classes.
         temperature: softmax temperature of the codebook slots.
-        orientation: "set": every class that looks the same for the object's shape counts (a
-            square at theta is a square at theta + pi/2; the target is the log of their summed
-            probability); "exact": the true class, as for the other factors, except that 0 and
-            2 pi (classes 0 and 39, the same angle) count as one.
+        exact_orientation: weight w of the exact orientation class. The orientation term is
+            ``(1 - w) * set + w * exact``: "set" counts every class that looks the same for the
+            object's shape (a square at theta is a square at theta + pi/2 within half a class
+            step; the log of their summed probability), "exact" only the true class (0 and 2 pi,
+            classes 0 and 39, count as one). The exact term makes the most likely class the
+            object's own one where the image tells them apart: a render of another equivalent
+            class is rotated by up to half a class step.
     """
     logits = logits.float()  # bf16 under autocast; the loss in float32
     parts = torch.split(logits, list(FACTOR_SIZES), dim=-1)
@@ -899,12 +906,13 @@ def classification_loss(
     for k, lk in enumerate(parts):
         logp = F.log_softmax(lk / temperature, dim=-1)
         if k == 2:
-            if orientation == "set":
-                allowed = _orientation_table(logits.device)[factors[:, 0], factors[:, 2]]
-            else:
-                allowed = F.one_hot(factors[:, 2], lk.shape[-1]).bool()  # (B, 40)
-                allowed[:, [0, -1]] |= allowed[:, [-1, 0]]  # 0 and 2 pi are the same angle
+            allowed = _orientation_table(logits.device)[factors[:, 0], factors[:, 2]]  # (B, 40)
             nll = -torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=-1)
+            if exact_orientation > 0:
+                own = F.one_hot(factors[:, 2], lk.shape[-1]).bool()
+                own[:, [0, -1]] |= own[:, [-1, 0]]  # 0 and 2 pi are the same angle
+                exact = -torch.logsumexp(logp.masked_fill(~own, float("-inf")), dim=-1)
+                nll = (1.0 - exact_orientation) * nll + exact_orientation * exact
         else:
             nll = -logp.gather(-1, factors[:, k : k + 1]).squeeze(-1)
         total = total + nll.mean()
@@ -917,7 +925,7 @@ def _classify(
     if logits is None or cfg.classify_coef == 0:
         return None
     temperature = model.config.codebook_temperature
-    return classification_loss(logits, factors, temperature, cfg.classify_orientation)
+    return classification_loss(logits, factors, temperature, cfg.classify_exact_orientation)
 
 
 def _image(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

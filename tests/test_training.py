@@ -280,6 +280,10 @@ def test_classification_loss_counts_symmetric_orientations():
     square = classification_loss(turned[:1], factors[:1])
     heart = classification_loss(turned[1:], factors[1:])
     assert float(square) < 1e-6 and float(heart) > 30.0
+    # with weight w on the exact class the turned square costs w times the exact-class loss
+    half = classification_loss(turned[:1], factors[:1], exact_orientation=0.5)
+    assert 15.0 < float(half) < 25.0
+    assert float(classification_loss(logits, factors, exact_orientation=1.0)) < 1e-6
 
 
 def test_objective_mixes_stages_with_weights():
